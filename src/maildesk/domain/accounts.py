@@ -1,0 +1,35 @@
+"""Account kinds and connection states."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ProviderKind(enum.StrEnum):
+    GMAIL = "gmail"
+    OUTLOOK = "outlook"
+    IMAP = "imap"
+
+
+class AccountState(enum.StrEnum):
+    """Connection state shown to operators.
+
+    ``ok``: the last sync succeeded. ``syncing``: the initial sync is running. ``reauth_required``:
+    the grant is revoked/expired or lacks a scope, only a reconnect fixes it. ``degraded``: the last
+    sync hit a transient failure (network, 5xx, rate limit) and is being retried with backoff.
+    ``error``: a failure that retrying will not fix (a provider protocol problem); still retried
+    slowly so the account recovers by itself once the cause is gone.
+    """
+
+    NEW = "new"
+    SYNCING = "syncing"
+    OK = "ok"
+    DEGRADED = "degraded"
+    REAUTH_REQUIRED = "reauth_required"
+    ERROR = "error"
+
+
+GMAIL_SCOPE_FULL = "https://mail.google.com/"
+GMAIL_SCOPE_MODIFY = "https://www.googleapis.com/auth/gmail.modify"
+GMAIL_SCOPE_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
+GMAIL_SCOPE_SEND = "https://www.googleapis.com/auth/gmail.send"
