@@ -1,0 +1,1 @@
+"""MailDesk: a self-hosted realtime mailbox sync server."""

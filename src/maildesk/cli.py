@@ -1,0 +1,269 @@
+"""The `maildesk` command.
+
+Every failure ends in one line on stderr and a non-zero exit (2 for bad arguments, 1 for
+everything else), never a traceback. Listing commands take ``--json``; an ACCOUNT argument is
+the account id or its email address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from maildesk import mailboxes
+from maildesk.config import Settings
+from maildesk.errors import InputError, MailDeskError
+from maildesk.passwords import MIN_LENGTH, hash_password
+from maildesk.services import open_services
+from maildesk.store import jobs as job_store
+from maildesk.store import users as user_store
+from maildesk.store.database import Database
+from maildesk.store.migrate import current_revision, upgrade
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="maildesk", description="Self-hosted realtime mailbox sync server.")
+    p.add_argument("--config", type=Path, help="TOML settings file (MAILDESK_CONFIG_FILE)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run the web app and the sync workers")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+
+    demo = sub.add_parser("demo", help="run the embedded demo (SQLite + simulators)")
+    demo.add_argument("--data-dir", type=Path, default=Path("maildesk-demo"))
+    demo.add_argument("--port", type=int, default=8025)
+    demo.add_argument("--messages", type=int, default=400, help="seeded mailbox size")
+    demo.add_argument("--interval", type=float, default=5.0,
+                      help="seconds between generated messages")
+    demo.add_argument("--duration", type=float, default=0.0,
+                      help="stop after this many seconds (0: run until interrupted)")
+
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(
+        dest="user_command", required=True, parser_class=_Parser)
+    create = user.add_parser("create", help="create a user")
+    create.add_argument("--email", required=True)
+    create.add_argument("--password", required=True)
+    create.add_argument("--admin", action="store_true")
+
+    account = sub.add_parser("account", help="manage mailboxes").add_subparsers(
+        dest="account_command", required=True, parser_class=_Parser)
+    add = account.add_parser("add-gmail", help="connect a Gmail mailbox from a refresh token")
+    add.add_argument("--email", required=True)
+    add.add_argument("--refresh-token", required=True)
+    add.add_argument("--no-verify", action="store_true",
+                     help="store the token without a test refresh exchange")
+    listing = account.add_parser("list", help="list mailboxes")
+    listing.add_argument("--json", action="store_true")
+    sync = account.add_parser("sync", help="sync a mailbox now")
+    sync.add_argument("account")
+    remove = account.add_parser("remove", help="disconnect a mailbox and delete its local data")
+    remove.add_argument("account")
+    remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    jobs = sub.add_parser("jobs", help="scheduled jobs: last run, duration, status, error")
+    jobs.add_argument("--json", action="store_true")
+
+    settings = sub.add_parser("settings", help="show the effective settings (secrets masked)")
+    settings.add_argument("--json", action="store_true")
+    sub.add_parser("rotate-secrets", help="re-encrypt stored secrets with the newest key")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(config_file=args.config)
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        handler = _HANDLERS[_command_key(args)]
+        return asyncio.run(handler(args, settings))
+    except MailDeskError as exc:
+        print(f"maildesk: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _command_key(args: argparse.Namespace) -> str:
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {sub}" if sub else str(args.command)
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+# ------------------------------------------------------------------------------ commands
+async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    db = Database(settings.effective_database_url)
+    try:
+        await upgrade(db.engine)
+        print(f"database at revision {await current_revision(db.engine)}")
+    finally:
+        await db.dispose()
+    return 0
+
+
+async def _user_create(args: argparse.Namespace, settings: Settings) -> int:
+    email = args.email.strip().lower()
+    if "@" not in email:
+        raise InputError(f"not an email address: {email!r}")
+    if len(args.password) < MIN_LENGTH:
+        raise InputError(f"the password must have at least {MIN_LENGTH} characters")
+    async with open_services(settings) as s, s.db.transaction() as conn:
+        uid = await user_store.create(conn, email=email, password_hash=hash_password(
+            args.password), is_admin=args.admin, now=s.clock.now())
+    print(f"created {'admin' if args.admin else 'user'} {email} (id {uid})")
+    return 0
+
+
+async def _account_add_gmail(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s:
+        aid = await mailboxes.add_gmail(s, email=args.email, refresh_token=args.refresh_token,
+                                        verify=not args.no_verify)
+    print(f"connected {args.email.strip().lower()} as account {aid}; "
+          "it syncs when `maildesk serve` runs (or now with `maildesk account sync`)")
+    return 0
+
+
+async def _account_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s:
+        rows = [a.to_json() for a in await mailboxes.summaries(s)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            r["last_sync_at"] = r["last_sync_at"] and r["last_sync_at"][:19].replace("T", " ")
+            r["backfill"] = "done" if r["backfill_done"] else f"{r['backfill_fetched']} so far"
+        _print_table(rows, ["id", "provider", "email", "state", "messages", "folders",
+                            "last_sync_at", "backfill", "last_error"])
+    return 0
+
+
+async def _account_sync(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s:
+        account = await mailboxes.find(s, args.account)
+        result = await mailboxes.sync_now(s, account.id)
+    print(f"account {account.id} ({account.email}): {result.status} {result.summary}"
+          + (f" - {result.error_kind}: {result.error}" if result.error else ""))
+    return 0 if result.status == "ok" else 1
+
+
+async def _account_remove(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s:
+        account = await mailboxes.find(s, args.account)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise InputError("not removing without confirmation: add --yes")
+            answer = input(f"Remove {account.email} (account {account.id}) and delete its "
+                           "local mail? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing removed")
+                return 1
+        await mailboxes.remove(s, account.id)
+    print(f"removed account {account.id} ({account.email}) and its local data")
+    return 0
+
+
+async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s, s.db.read() as conn:
+        runs = await job_store.latest(conn)
+    rows = [{
+        "job": r.job, "last_run": r.started_at, "duration_ms": r.duration_ms,
+        "status": r.status, "error": r.error, "detail": r.detail, "runs_kept": r.runs,
+    } for r in runs]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=lambda v: v.isoformat()))
+    else:
+        _print_table(rows, ["job", "last_run", "duration_ms", "status", "detail", "error"])
+    return 0
+
+
+async def _settings(args: argparse.Namespace, settings: Settings) -> int:
+    described = settings.describe()
+    if args.json:
+        print(json.dumps(described, indent=2))
+    else:
+        for name, value in described.items():
+            print(f"{name}={value}")
+    return 0
+
+
+async def _rotate_secrets(args: argparse.Namespace, settings: Settings) -> int:
+    from maildesk.secrets_rotation import rotate_all
+
+    async with open_services(settings) as s:
+        count = await rotate_all(s)
+    print(f"re-encrypted {count} stored secrets with the newest key")
+    return 0
+
+
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from maildesk.app import run_server
+
+    if args.host:
+        settings = settings.replace(host=args.host)
+    if args.port:
+        settings = settings.replace(port=args.port)
+    await run_server(settings)
+    return 0
+
+
+async def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from maildesk.demo import run_demo
+
+    await run_demo(settings, data_dir=args.data_dir, port=args.port, messages=args.messages,
+                   interval=args.interval, duration=args.duration)
+    return 0
+
+
+Handler = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+_HANDLERS: dict[str, Handler] = {
+    "serve": _serve,
+    "demo": _demo,
+    "migrate": _migrate,
+    "user create": _user_create,
+    "account add-gmail": _account_add_gmail,
+    "account list": _account_list,
+    "account sync": _account_sync,
+    "account remove": _account_remove,
+    "jobs": _jobs,
+    "settings": _settings,
+    "rotate-secrets": _rotate_secrets,
+}
+
+__all__ = ["build_parser", "main"]

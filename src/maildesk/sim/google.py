@@ -1,0 +1,131 @@
+"""The Google simulator as an ASGI app: OAuth 2.0 + Gmail API v1 + batch + ``/_sim`` control.
+
+The app root plays both ``https://oauth2.googleapis.com`` / ``https://accounts.google.com``
+(``/token``, ``/revoke``, ``/o/oauth2/v2/auth``) and ``https://gmail.googleapis.com``
+(``/gmail/v1/users/{userId}/…``, ``/batch/gmail/v1``). Tests, the demo and benchmarks use it;
+production code never imports it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+
+from maildesk.errors import InputError
+from maildesk.sim.batch import MAX_PARTS, format_batch, parse_batch
+from maildesk.sim.faults import FaultRule, Handler
+from maildesk.sim.gmail_api import GmailApi
+from maildesk.sim.gmail_state import GoogleState
+from maildesk.sim.google_control import control_routes
+from maildesk.sim.oauth_endpoints import OAuthEndpoints
+from maildesk.sim.wire import SimRequest, SimResponse, google_error
+
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def create_google_app(
+    state: GoogleState, *, faults: Iterable[FaultRule] = (), latency_ms: float | None = None
+) -> Starlette:
+    """A Starlette app serving ``state``. ``faults`` are added to ``state.faults`` and
+    ``latency_ms`` (if given) sets its global latency; both can change later through
+    ``state.add_fault``/``state.set_latency`` or ``/_sim/faults``. ``app.state.google`` is
+    ``state``.
+    """
+    for rule in faults:
+        state.add_fault(rule)
+    if latency_ms is not None:
+        state.set_latency(latency_ms)
+    gmail = GmailApi(state)
+    oauth = OAuthEndpoints(state)
+    boundaries = itertools.count(1)
+
+    async def run(request: Request, handler: Handler, *, oauth_shape: bool) -> Response:
+        sim_request = await _to_sim(request)
+        answer = await state.faults.run(
+            sim_request, handler, oauth=oauth_shape, global_latency=True
+        )
+        return _to_starlette(answer)
+
+    async def token(request: Request) -> Response:
+        return await run(request, oauth.token, oauth_shape=True)
+
+    async def authorize(request: Request) -> Response:
+        return await run(request, oauth.authorize, oauth_shape=True)
+
+    async def revoke(request: Request) -> Response:
+        return await run(request, oauth.revoke, oauth_shape=True)
+
+    async def gmail_call(request: Request) -> Response:
+        return await run(request, gmail.handle, oauth_shape=False)
+
+    async def batch_handler(outer: SimRequest) -> SimResponse:
+        try:
+            parts = parse_batch(outer.headers.get("content-type", ""), outer.body)
+        except InputError as exc:
+            return google_error(400, exc.message)
+        if len(parts) > MAX_PARTS:
+            return google_error(400, f"A batch request cannot contain more than {MAX_PARTS} calls")
+        answers: list[tuple[str | None, SimResponse]] = []
+        for part in parts:
+            # The outer request's headers (Authorization) apply unless the part overrides them.
+            headers = {k: v for k, v in outer.headers.items() if k == "authorization"}
+            headers.update(part.request.headers)
+            sub = SimRequest(
+                part.request.method, part.request.path, part.request.query, headers,
+                part.request.body,
+            )  # fmt: skip
+            answer = await state.faults.run(sub, _gmail_only(gmail), global_latency=False)
+            answers.append((part.content_id, answer))
+        boundary = f"batch_sim{next(boundaries):012d}"
+        return SimResponse(
+            content=format_batch(answers, boundary),
+            media_type=f"multipart/mixed; boundary={boundary}",
+        )
+
+    async def batch(request: Request) -> Response:
+        return await run(request, batch_handler, oauth_shape=False)
+
+    app = Starlette(
+        routes=[
+            Route("/token", token, methods=["POST"]),
+            Route("/o/oauth2/v2/auth", authorize, methods=["GET"]),
+            Route("/revoke", revoke, methods=["POST"]),
+            Route("/batch/gmail/v1", batch, methods=["POST"]),
+            Route("/gmail/v1/{rest:path}", gmail_call, methods=_METHODS),
+            Mount("/_sim", routes=control_routes(state)),
+        ]
+    )
+    app.state.google = state
+    return app
+
+
+def _gmail_only(gmail: GmailApi) -> Handler:
+    async def handle(request: SimRequest) -> SimResponse:
+        if not request.path.startswith("/gmail/v1/"):
+            return google_error(404, f"Batch calls must target /gmail/v1/, not {request.path}")
+        return await gmail.handle(request)
+
+    return handle
+
+
+async def _to_sim(request: Request) -> SimRequest:
+    return SimRequest(
+        method=request.method,
+        path=request.url.path,
+        query=request.query_params.multi_items(),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=await request.body(),
+    )
+
+
+def _to_starlette(answer: SimResponse) -> Response:
+    body = answer.body()
+    media_type = answer.media_type if body or answer.status not in (204, 302) else None
+    return Response(
+        content=body, status_code=answer.status, headers=answer.headers, media_type=media_type
+    )

@@ -1,0 +1,219 @@
+"""The ``/_sim`` control API: the python control methods of ``GoogleState`` over HTTP JSON.
+
+For the demo and benchmarks, which drive a simulator running in another process. Answers are
+JSON; an unknown mailbox or message is 404 and bad input 400, both as ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from maildesk.errors import InputError, NotFound
+from maildesk.sim.faults import FaultRule
+from maildesk.sim.gmail_state import GoogleState
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def control_routes(state: GoogleState) -> list[Route]:
+    """Routes to mount under ``/_sim``."""
+
+    def endpoint(work: Callable[[Request, dict[str, Any]], Any]) -> Endpoint:
+        async def run(request: Request) -> Response:
+            try:
+                body: dict[str, Any] = {}
+                if request.method in ("POST", "PUT") and (await request.body()).strip():
+                    parsed = await request.json()
+                    if not isinstance(parsed, dict):
+                        raise InputError("the body must be a JSON object")
+                    body = parsed
+                result = work(request, body)
+            except NotFound as exc:
+                return JSONResponse({"error": exc.message}, status_code=404)
+            except InputError as exc:
+                return JSONResponse({"error": exc.message}, status_code=400)
+            except ValueError as exc:  # malformed JSON body
+                return JSONResponse({"error": f"invalid JSON: {exc}"}, status_code=400)
+            if result is None:
+                return Response(status_code=204)
+            return JSONResponse(result)
+
+        return run
+
+    def email(request: Request) -> str:
+        return str(request.path_params["email"])
+
+    def message_id(request: Request) -> str:
+        return str(request.path_params["message_id"])
+
+    def history(request: Request) -> dict[str, Any]:
+        return {"historyId": str(state.mailbox(email(request)).history_id)}
+
+    def create_client(_: Request, body: dict[str, Any]) -> dict[str, Any]:
+        client = state.create_client(
+            _opt(body, "client_id"),
+            _opt(body, "client_secret"),
+            redirect_uris=_strings(body, "redirect_uris"),
+        )
+        return {"client_id": client.client_id, "client_secret": client.client_secret}
+
+    def create_grant(_: Request, body: dict[str, Any]) -> dict[str, Any]:
+        token = state.create_grant(
+            _req(body, "email"), _strings(body, "scopes"), client_id=_opt(body, "client_id")
+        )
+        return {"refresh_token": token}
+
+    def revoke_grant(_: Request, body: dict[str, Any]) -> dict[str, Any]:
+        state.revoke_grant(_req(body, "refresh_token"))
+        return {"revoked": True}
+
+    def issue_token(_: Request, body: dict[str, Any]) -> dict[str, Any]:
+        return {"access_token": state.issue_access_token(_req(body, "refresh_token"))}
+
+    def expire_tokens(_: Request, body: dict[str, Any]) -> dict[str, Any]:
+        return {"expired": state.expire_access_tokens(_opt(body, "email"))}
+
+    def set_consent(_: Request, body: dict[str, Any]) -> dict[str, Any]:
+        scopes = body.get("scopes")
+        state.set_consent(
+            _req(body, "email"),
+            allow=bool(body.get("allow", True)),
+            scopes=None if scopes is None else _strings(body, "scopes"),
+        )
+        return {"ok": True}
+
+    def create_label(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        return {"id": state.create_label(email(request), _req(body, "name"))}
+
+    def add_message(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        date = body.get("internal_date")
+        if date is not None and not isinstance(date, int):
+            raise InputError("internal_date must be epoch milliseconds")
+        new_id = state.add_message(
+            email(request),
+            subject=_req(body, "subject", ""),
+            sender=_req(body, "sender"),
+            to=_req(body, "to", email(request)),
+            text=_req(body, "text", ""),
+            html=_req(body, "html", ""),
+            labels=_strings(body, "labels", ("INBOX", "UNREAD")),
+            internal_date=date,
+            message_id_header=_opt(body, "message_id_header"),
+            thread_id=_opt(body, "thread_id"),
+        )
+        message = state.mailbox(email(request)).get(new_id)
+        return {"id": new_id, "threadId": message.thread_id, **history(request)}
+
+    def delete_message(request: Request, _: dict[str, Any]) -> dict[str, Any]:
+        state.delete_message(email(request), message_id(request))
+        return history(request)
+
+    def trash_message(request: Request, _: dict[str, Any]) -> dict[str, Any]:
+        state.trash_message(email(request), message_id(request))
+        return labels_of(request)
+
+    def untrash_message(request: Request, _: dict[str, Any]) -> dict[str, Any]:
+        state.untrash_message(email(request), message_id(request))
+        return labels_of(request)
+
+    def modify_labels(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        state.modify_labels(
+            email(request), message_id(request), _strings(body, "add"), _strings(body, "remove")
+        )
+        return labels_of(request)
+
+    def labels_of(request: Request) -> dict[str, Any]:
+        message = state.mailbox(email(request)).get(message_id(request))
+        return {"labelIds": sorted(message.label_ids), **history(request)}
+
+    def expire_history(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        keep_after = body.get("keep_after")
+        if keep_after is not None and not isinstance(keep_after, int):
+            raise InputError("keep_after must be an integer history id")
+        return {"minHistoryId": str(state.expire_history(email(request), keep_after))}
+
+    def seed(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        count, days = body.get("count"), body.get("days", 365)
+        if not isinstance(count, int) or not isinstance(days, int):
+            raise InputError("count and days must be integers")
+        added = state.seed_mailbox(email(request), count, days=days)
+        return {"added": len(added), **history(request)}
+
+    def snapshot(request: Request, _: dict[str, Any]) -> dict[str, Any]:
+        return state.snapshot(email(request))
+
+    def list_faults(_: Request, __: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "rules": [rule.to_json() for rule in state.faults.rules],
+            "latency_ms": state.faults.latency_ms,
+        }
+
+    def add_faults(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        if unknown := set(body) - {"rules", "latency_ms"}:
+            raise InputError(f"unknown fields {sorted(unknown)}: send {{rules: [...], latency_ms}}")
+        rules = body.get("rules") or []
+        if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+            raise InputError("rules must be a list of objects")
+        built = [FaultRule.from_json(rule) for rule in rules]  # all valid before any is added
+        latency = body.get("latency_ms")
+        if latency is not None:
+            if not isinstance(latency, int | float) or latency < 0:
+                raise InputError("latency_ms must be a number >= 0")
+            state.faults.latency_ms = float(latency)
+        for rule in built:
+            state.add_fault(rule)
+        return list_faults(request, body)
+
+    def clear_faults(_: Request, __: dict[str, Any]) -> None:
+        state.clear_faults()
+
+    box = "/gmail/{email}"
+    one = box + "/messages/{message_id}"
+    return [
+        Route("/clients", endpoint(create_client), methods=["POST"]),
+        Route("/grants", endpoint(create_grant), methods=["POST"]),
+        Route("/grants/revoke", endpoint(revoke_grant), methods=["POST"]),
+        Route("/tokens", endpoint(issue_token), methods=["POST"]),
+        Route("/tokens/expire", endpoint(expire_tokens), methods=["POST"]),
+        Route("/consent", endpoint(set_consent), methods=["POST"]),
+        Route(box + "/labels", endpoint(create_label), methods=["POST"]),
+        Route(box + "/messages", endpoint(add_message), methods=["POST"]),
+        Route(one, endpoint(delete_message), methods=["DELETE"]),
+        Route(one + "/trash", endpoint(trash_message), methods=["POST"]),
+        Route(one + "/untrash", endpoint(untrash_message), methods=["POST"]),
+        Route(one + "/labels", endpoint(modify_labels), methods=["POST"]),
+        Route(box + "/expire-history", endpoint(expire_history), methods=["POST"]),
+        Route(box + "/seed", endpoint(seed), methods=["POST"]),
+        Route(box + "/state", endpoint(snapshot), methods=["GET"]),
+        Route("/faults", endpoint(list_faults), methods=["GET"]),
+        Route("/faults", endpoint(add_faults), methods=["POST"]),
+        Route("/faults", endpoint(clear_faults), methods=["DELETE"]),
+    ]
+
+
+def _req(body: dict[str, Any], name: str, default: str | None = None) -> str:
+    value = body.get(name, default)
+    if not isinstance(value, str):
+        raise InputError(f"{name} is required and must be a string")
+    return value
+
+
+def _opt(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"{name} must be a string")
+    return value
+
+
+def _strings(body: dict[str, Any], name: str, default: tuple[str, ...] = ()) -> list[str]:
+    value = body.get(name)
+    if value is None:
+        return list(default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(f"{name} must be a list of strings")
+    return value

@@ -1,0 +1,94 @@
+"""The database handle: engine creation for SQLite and PostgreSQL and the one transaction helper.
+
+SQLite is the embedded default and has one writer at a time. Rather than letting concurrent
+writers collide on ``database is locked``, write transactions inside one process queue on an
+asyncio lock and start with ``BEGIN IMMEDIATE`` (so a transaction that reads and then writes
+never fails on the upgrade). A SQLite store is for one MailDesk process; several processes
+share a PostgreSQL store, where claims use ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from maildesk.errors import ConfigError, StoreError
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+        try:
+            parsed = make_url(url)
+        except Exception as exc:  # sqlalchemy raises ArgumentError and others for bad URLs
+            raise ConfigError("MAILDESK_DATABASE_URL", f"not a database URL: {exc}") from exc
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ConfigError("MAILDESK_DATABASE_URL", "only sqlite and postgresql are supported")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.dialect == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: committed when the block ends, rolled back on any exception."""
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock:
+            try:
+                async with self.engine.begin() as conn:
+                    yield conn
+            except (OperationalError, DBAPIError) as exc:
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    raise StoreError("the database connection was lost") from exc
+                raise StoreError(f"database error: {type(exc.orig).__name__}") from exc
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only snapshot (SQLite WAL readers never wait for the writer)."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(maildesk_read_only=True)
+            yield conn
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (pysqlite's implicit transactions get in the way).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Readers take a plain deferred snapshot; writers take the write lock up front.
+        read_only = conn.get_execution_options().get("maildesk_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

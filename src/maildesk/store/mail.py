@@ -1,0 +1,291 @@
+"""Folders, messages and their folder links: idempotent application of provider state.
+
+``apply_messages`` makes the stored rows equal to the provider's current metadata. It compares
+before it writes, so replaying a change set (a duplicated notification, a replayed history page,
+a resync) writes nothing and logs no change: only real differences reach the change log and the
+live bus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from maildesk.domain.events import ChangeKind, MailEvent
+from maildesk.domain.mail import FolderRole, RemoteFolder, RemoteMessage
+from maildesk.store.tables import changes, folders, message_folders, messages
+
+# Keep IN lists well under SQLite's 32k variable limit and PostgreSQL's 32k parameter limit.
+_CHUNK = 500
+
+_COMPARED = (
+    "thread_id", "message_id_header", "subject", "sender", "recipients", "snippet", "size",
+    "unread", "starred", "received_at",
+)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --------------------------------------------------------------------------------- folders
+@dataclass(frozen=True, slots=True)
+class FolderRow:
+    id: int
+    account_id: int
+    remote_id: str
+    name: str
+    role: FolderRole
+    is_system: bool
+    selected: bool
+    backfill_requested: bool
+    backfill_done: bool
+    backfill_fetched: int
+
+
+def _folder(r: Any) -> FolderRow:
+    return FolderRow(
+        id=r.id, account_id=r.account_id, remote_id=r.remote_id, name=r.name,
+        role=FolderRole(r.role), is_system=r.is_system, selected=r.selected,
+        backfill_requested=r.backfill_requested, backfill_done=r.backfill_done,
+        backfill_fetched=r.backfill_fetched,
+    )
+
+
+async def list_folders(conn: AsyncConnection, account_id: int) -> list[FolderRow]:
+    rows = await conn.execute(
+        select(folders).where(folders.c.account_id == account_id).order_by(folders.c.id)
+    )
+    return [_folder(r) for r in rows]
+
+
+async def folder_map(conn: AsyncConnection, account_id: int) -> dict[str, int]:
+    rows = await conn.execute(
+        select(folders.c.remote_id, folders.c.id).where(folders.c.account_id == account_id)
+    )
+    return {r.remote_id: int(r.id) for r in rows}
+
+
+async def upsert_folders(
+    conn: AsyncConnection, account_id: int, remote: Sequence[RemoteFolder]
+) -> dict[str, int]:
+    """Create new folders, rename/re-role changed ones. Folders the provider no longer has are
+    removed (their links go with them; the messages stay, they may sit elsewhere)."""
+    existing = {
+        r.remote_id: r for r in await conn.execute(
+            select(folders).where(folders.c.account_id == account_id)
+        )
+    }
+    wanted = {f.remote_id for f in remote}
+    for f in remote:
+        row = existing.get(f.remote_id)
+        if row is None:
+            await conn.execute(insert(folders).values(
+                account_id=account_id, remote_id=f.remote_id, name=f.name, role=f.role.value,
+                is_system=f.system, selected=True, backfill_requested=False,
+                backfill_done=False, backfill_fetched=0,
+            ))
+        elif (row.name, row.role, row.is_system) != (f.name, f.role.value, f.system):
+            await conn.execute(update(folders).where(folders.c.id == row.id).values(
+                name=f.name, role=f.role.value, is_system=f.system,
+            ))
+    gone = [r.id for rid, r in existing.items() if rid not in wanted]
+    if gone:
+        await conn.execute(delete(message_folders).where(message_folders.c.folder_id.in_(gone)))
+        await conn.execute(delete(folders).where(folders.c.id.in_(gone)))
+    return await folder_map(conn, account_id)
+
+
+async def _ensure_folders(
+    conn: AsyncConnection, account_id: int, fmap: dict[str, int], remote_ids: set[str]
+) -> None:
+    """A message may carry a label created after our last label listing: add a placeholder
+    (named after its id) so the link is not lost; the next label sync names it."""
+    missing = sorted(remote_ids - fmap.keys())
+    for rid in missing:
+        result = await conn.execute(insert(folders).values(
+            account_id=account_id, remote_id=rid, name=rid, role="", is_system=False,
+            selected=True, backfill_requested=False, backfill_done=False, backfill_fetched=0,
+        ).returning(folders.c.id))
+        fmap[rid] = int(result.scalar_one())
+
+
+async def record_folder_backfill(
+    conn: AsyncConnection, folder_id: int, added: int, *, done: bool
+) -> None:
+    values: dict[str, Any] = {"backfill_fetched": folders.c.backfill_fetched + added}
+    if done:
+        values.update(backfill_done=True, backfill_requested=False)
+    await conn.execute(update(folders).where(folders.c.id == folder_id).values(**values))
+
+
+async def request_folder_backfill(conn: AsyncConnection, folder_id: int) -> None:
+    """"Trigger backfill": a deep historical fetch of one folder, from its newest message."""
+    await conn.execute(update(folders).where(folders.c.id == folder_id).values(
+        backfill_requested=True, backfill_done=False, backfill_fetched=0
+    ))
+
+
+# -------------------------------------------------------------------------------- messages
+async def known_remote_ids(
+    conn: AsyncConnection, account_id: int, remote_ids: Sequence[str]
+) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(remote_ids):
+        rows = await conn.execute(select(messages.c.remote_id).where(
+            messages.c.account_id == account_id, messages.c.remote_id.in_(chunk)
+        ))
+        found.update(rows.scalars())
+    return found
+
+
+async def all_remote_ids(conn: AsyncConnection, account_id: int) -> set[str]:
+    rows = await conn.execute(
+        select(messages.c.remote_id).where(messages.c.account_id == account_id)
+    )
+    return set(rows.scalars())
+
+
+def _values(m: RemoteMessage) -> dict[str, Any]:
+    return {
+        "thread_id": m.thread_id, "message_id_header": m.message_id_header[:998],
+        "subject": m.subject, "sender": m.sender, "recipients": m.recipients,
+        "snippet": m.snippet, "size": m.size, "unread": m.unread, "starred": m.starred,
+        "received_at": m.received_at,
+    }
+
+
+async def apply_messages(
+    conn: AsyncConnection,
+    account_id: int,
+    upserts: Sequence[RemoteMessage],
+    deletions: Sequence[str],
+    fmap: dict[str, int],
+    now: datetime,
+) -> list[MailEvent]:
+    """Make the store equal to the given provider state; return the real changes, logged."""
+    events: list[MailEvent] = []
+    # The last word on a message within one batch wins; a deletion beats an upsert.
+    gone = set(deletions)
+    latest = {m.remote_id: m for m in upserts if m.remote_id not in gone}
+    await _ensure_folders(
+        conn, account_id, fmap, {f for m in latest.values() for f in m.folder_ids}
+    )
+    for chunk in _chunks(list(latest.values())):
+        events += await _upsert_chunk(conn, account_id, chunk, fmap, now)
+    for chunk in _chunks(sorted(gone)):
+        events += await _delete_chunk(conn, account_id, chunk)
+    if events:
+        await _log(conn, events, now)
+    return events
+
+
+async def _upsert_chunk(
+    conn: AsyncConnection,
+    account_id: int,
+    chunk: Sequence[RemoteMessage],
+    fmap: dict[str, int],
+    now: datetime,
+) -> list[MailEvent]:
+    rows = (await conn.execute(select(messages).where(
+        messages.c.account_id == account_id,
+        messages.c.remote_id.in_([m.remote_id for m in chunk]),
+    ))).all()
+    existing = {r.remote_id: r for r in rows}
+    links: dict[int, set[int]] = {int(r.id): set() for r in rows}
+    if rows:
+        for link in await conn.execute(select(message_folders).where(
+            message_folders.c.message_id.in_(list(links))
+        )):
+            links[int(link.message_id)].add(int(link.folder_id))
+
+    new = [m for m in chunk if m.remote_id not in existing]
+    events: list[MailEvent] = []
+    ids: dict[str, int] = {r.remote_id: int(r.id) for r in rows}
+    if new:
+        result = await conn.execute(
+            insert(messages).returning(
+                messages.c.id, messages.c.remote_id, sort_by_parameter_order=True
+            ),
+            [{"account_id": account_id, "remote_id": m.remote_id, "created_at": now,
+              "updated_at": now, **_values(m)} for m in new],
+        )
+        for r in result:
+            ids[r.remote_id] = int(r.id)
+            links[int(r.id)] = set()
+
+    changed: list[dict[str, Any]] = []
+    add_links: list[dict[str, int]] = []
+    drop_links: list[tuple[int, int]] = []
+    for m in chunk:
+        mid = ids[m.remote_id]
+        want = {fmap[f] for f in m.folder_ids}
+        have = links[mid]
+        row = existing.get(m.remote_id)
+        fields_changed = row is not None and any(
+            getattr(row, k) != v for k, v in _values(m).items()
+        )
+        if fields_changed:
+            changed.append({"b_id": mid, "updated_at": now, **_values(m)})
+        add_links += [{"message_id": mid, "folder_id": f} for f in sorted(want - have)]
+        drop_links += [(mid, f) for f in sorted(have - want)]
+        if row is None:
+            events.append(MailEvent(account_id, ChangeKind.ADDED, mid, m.remote_id,
+                                    tuple(sorted(want))))
+        elif fields_changed or want != have:
+            events.append(MailEvent(account_id, ChangeKind.UPDATED, mid, m.remote_id,
+                                    tuple(sorted(want))))
+    if changed:
+        stmt = update(messages).where(messages.c.id == bindparam("b_id")).values(
+            {k: bindparam(k) for k in (*_COMPARED, "updated_at")}
+        )
+        await conn.execute(stmt, changed)
+    if add_links:
+        await conn.execute(insert(message_folders), add_links)
+    for mid, fid in drop_links:
+        await conn.execute(delete(message_folders).where(
+            message_folders.c.message_id == mid, message_folders.c.folder_id == fid
+        ))
+    return events
+
+
+async def _delete_chunk(
+    conn: AsyncConnection, account_id: int, chunk: Sequence[str]
+) -> list[MailEvent]:
+    rows = (await conn.execute(select(messages.c.id, messages.c.remote_id).where(
+        messages.c.account_id == account_id, messages.c.remote_id.in_(chunk)
+    ))).all()
+    if not rows:
+        return []
+    ids = [int(r.id) for r in rows]
+    were_in: dict[int, list[int]] = {i: [] for i in ids}
+    for link in await conn.execute(select(message_folders).where(
+        message_folders.c.message_id.in_(ids)
+    )):
+        were_in[int(link.message_id)].append(int(link.folder_id))
+    await conn.execute(delete(message_folders).where(message_folders.c.message_id.in_(ids)))
+    await conn.execute(delete(messages).where(messages.c.id.in_(ids)))
+    return [
+        MailEvent(account_id, ChangeKind.REMOVED, int(r.id), r.remote_id,
+                  tuple(sorted(were_in[int(r.id)])))
+        for r in rows
+    ]
+
+
+async def _log(conn: AsyncConnection, events: list[MailEvent], now: datetime) -> None:
+    result = await conn.execute(
+        insert(changes).returning(changes.c.id, sort_by_parameter_order=True),
+        [{"account_id": e.account_id, "message_id": e.message_id, "remote_id": e.remote_id,
+          "kind": e.kind.value, "folder_ids": ",".join(map(str, e.folder_ids)), "at": now}
+         for e in events],
+    )
+    for i, change_id in enumerate(result.scalars()):
+        e = events[i]
+        events[i] = MailEvent(e.account_id, e.kind, e.message_id, e.remote_id, e.folder_ids,
+                              int(change_id))

@@ -1,0 +1,141 @@
+"""One sync run of one claimed account, and what its outcome does to the account's state.
+
+Outcomes are typed (DESIGN §4.3): an auth failure asks for a reconnect, a transient failure
+backs off (honouring the provider's Retry-After), a protocol problem is an error that is still
+retried slowly, and a lost lease means another worker has the account — we write nothing more.
+In every case what was committed stays committed and nothing is lost: the next run starts from
+the last committed cursor.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from maildesk.clock import Clock
+from maildesk.config import Settings
+from maildesk.domain.accounts import AccountState
+from maildesk.domain.backoff import Backoff
+from maildesk.errors import AuthError, LeaseLost, MailDeskError, TransientError
+from maildesk.live.bus import LiveBus
+from maildesk.store import accounts as account_store
+from maildesk.store import jobs
+from maildesk.store.accounts import Claim
+from maildesk.store.database import Database
+from maildesk.sync.connectors import Connectors
+from maildesk.sync.context import SyncContext
+
+log = logging.getLogger(__name__)
+
+# An account that needs a reconnect is still tried now and then (the token might be fixed
+# elsewhere), but not at the polling rate.
+REAUTH_RETRY = timedelta(minutes=30)
+ERROR_BACKOFF = Backoff(base=30.0, cap=1800.0)
+TRANSIENT_BACKOFF = Backoff(base=5.0, cap=600.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    account_id: int
+    status: str  # ok | reauth_required | degraded | error | lease_lost
+    error_kind: str | None
+    error: str | None
+    summary: str
+
+
+class SyncRunner:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        clock: Clock,
+        bus: LiveBus,
+        settings: Settings,
+        connectors: Connectors,
+        owner: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.bus = bus
+        self.settings = settings
+        self.connectors = connectors
+        self.owner = owner
+        self.lease = timedelta(seconds=settings.lease_seconds)
+        self._rng = rng or random.Random()
+
+    async def run(self, claim: Claim) -> SyncResult:
+        started = self.clock.now()
+        async with self.db.transaction() as conn:
+            run_id = await jobs.start(conn, "sync", started, claim.account_id)
+            account = await account_store.get(conn, claim.account_id)
+            if account.state in (AccountState.NEW,):
+                await account_store.update_fields(
+                    conn, account.id, state=AccountState.SYNCING.value
+                )
+        ctx = SyncContext(self.db, self.clock, self.bus, claim.account_id, self.owner, self.lease)
+        values: dict[str, Any]
+        try:
+            engine = self.connectors.engine(account, ctx)
+            await engine.run()
+            await engine.prefetch(ctx.stats.new_message_ids, self.settings.prefetch_bodies)
+        except LeaseLost:
+            log.warning("account %s: lease lost mid-sync; another worker continues", account.id)
+            result = SyncResult(account.id, "lease_lost", LeaseLost.kind, None, ctx.stats.summary())
+            await self._finish(run_id, started, result)
+            return result
+        except MailDeskError as exc:
+            result, values = self._failure(account.failure_count, exc, ctx)
+        except Exception as exc:  # a bug: record it, keep the worker alive, retry slowly
+            log.exception("account %s: unexpected error during sync", account.id)
+            err = MailDeskError(f"internal error: {type(exc).__name__}")
+            result, values = self._failure(account.failure_count, err, ctx)
+        else:
+            now = self.clock.now()
+            values = {
+                "state": AccountState.OK.value, "last_error_kind": None, "last_error": None,
+                "last_error_at": None, "failure_count": 0, "retry_at": None,
+                "last_sync_at": now,
+                "next_poll_at": now + timedelta(seconds=self.settings.poll_interval),
+            }
+            result = SyncResult(account.id, "ok", None, None, ctx.stats.summary())
+        async with self.db.transaction() as conn:
+            await account_store.release(
+                conn, claim, owner=self.owner, values=values,
+                clear_request=result.status == "ok" and not ctx.more_work,
+            )
+        await self._finish(run_id, started, result)
+        return result
+
+    def _failure(
+        self, failures: int, exc: MailDeskError, ctx: SyncContext
+    ) -> tuple[SyncResult, dict[str, Any]]:
+        now = self.clock.now()
+        attempt = failures + 1
+        if isinstance(exc, AuthError):
+            state, retry_at = AccountState.REAUTH_REQUIRED, now + REAUTH_RETRY
+        elif isinstance(exc, TransientError):
+            delay = TRANSIENT_BACKOFF.delay(attempt, self._rng, exc.retry_after)
+            state, retry_at = AccountState.DEGRADED, now + timedelta(seconds=delay)
+        else:
+            delay = ERROR_BACKOFF.delay(attempt, self._rng)
+            state, retry_at = AccountState.ERROR, now + timedelta(seconds=delay)
+        log.warning("account %s: sync failed (%s): %s", ctx.account_id, exc.kind, exc.message)
+        values = {
+            "state": state.value, "last_error_kind": exc.kind, "last_error": exc.message,
+            "last_error_at": now, "failure_count": attempt, "retry_at": retry_at,
+        }
+        return SyncResult(ctx.account_id, state.value, exc.kind, exc.message,
+                          ctx.stats.summary()), values
+
+    async def _finish(self, run_id: int, started: Any, result: SyncResult) -> None:
+        async with self.db.transaction() as conn:
+            await jobs.finish(
+                conn, run_id, started_at=started, now=self.clock.now(),
+                status="ok" if result.status == "ok" else "failed",
+                error=None if result.error is None else f"{result.error_kind}: {result.error}",
+                detail=result.summary,
+            )
