@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -94,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        # httpx logs every request URL at INFO: noise, and URLs can carry ids and tokens.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         handler = _HANDLERS[_command_key(args)]
         return asyncio.run(handler(args, settings))
     except MailDeskError as exc:
@@ -162,13 +164,14 @@ async def _account_add_gmail(args: argparse.Namespace, settings: Settings) -> in
 
 async def _account_list(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as s:
-        rows = [a.to_json() for a in await mailboxes.summaries(s)]
+        summaries = await mailboxes.summaries(s)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([a.to_json() for a in summaries], indent=2))
     else:
-        for r in rows:
-            r["last_sync_at"] = r["last_sync_at"] and r["last_sync_at"][:19].replace("T", " ")
-            r["backfill"] = "done" if r["backfill_done"] else f"{r['backfill_fetched']} so far"
+        rows: list[dict[str, Any]] = [{
+            **a.to_json(), "last_sync_at": a.last_sync_at,
+            "backfill": "done" if a.backfill_done else f"{a.backfill_fetched} so far",
+        } for a in summaries]
         _print_table(rows, ["id", "provider", "email", "state", "messages", "folders",
                             "last_sync_at", "backfill", "last_error"])
     return 0
@@ -189,8 +192,9 @@ async def _account_remove(args: argparse.Namespace, settings: Settings) -> int:
         if not args.yes:
             if not sys.stdin.isatty():
                 raise InputError("not removing without confirmation: add --yes")
-            answer = input(f"Remove {account.email} (account {account.id}) and delete its "
-                           "local mail? [y/N] ")
+            question = (f"Remove {account.email} (account {account.id}) and delete its "
+                        "local mail? [y/N] ")
+            answer = await asyncio.to_thread(input, question)
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing removed")
                 return 1
@@ -251,7 +255,7 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-Handler = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 _HANDLERS: dict[str, Handler] = {
     "serve": _serve,
     "demo": _demo,

@@ -96,7 +96,7 @@ class GmailApi(Protocol):
         ...
 
     async def get_metadata(self, ids: list[str]) -> dict[str, RemoteMessage | None]:
-        """Metadata per id; None when the message no longer exists."""
+        """Metadata per id (duplicates collapse); None when the message no longer exists."""
         ...
 
     async def get_body(self, message_id: str) -> RemoteBody:
@@ -161,7 +161,10 @@ class GmailClient:
 
     ``api_base`` is the bare base (``https://gmail.googleapis.com`` or a simulator's address);
     ``token`` supplies the mailbox's access tokens. ``batch_size`` sub-requests go in one batch
-    (Google allows 100 and advises 50).
+    (Google allows 100 and advises 50). Methods are documented on :class:`GmailApi`; all of
+    them raise only our exception tree: OAuthInvalid, ScopeMissing, RateLimited,
+    ProviderUnavailable, MessageGone (CursorExpired for ``history``), ProviderRejected and
+    ProtocolViolation, as mapped by :func:`gmail_error` and :class:`ProviderHttp`.
     """
 
     def __init__(

@@ -96,6 +96,8 @@ def create_google_app(
             Route("/o/oauth2/v2/auth", authorize, methods=["GET"]),
             Route("/revoke", revoke, methods=["POST"]),
             Route("/batch/gmail/v1", batch, methods=["POST"]),
+            # The discovery document's batchPath: what google-api-python-client posts to.
+            Route("/batch", batch, methods=["POST"]),
             Route("/gmail/v1/{rest:path}", gmail_call, methods=_METHODS),
             Mount("/_sim", routes=control_routes(state)),
         ]

@@ -152,11 +152,11 @@ async def counts(conn: AsyncConnection) -> dict[int, tuple[int, int]]:
     msg_rows = await conn.execute(
         select(messages.c.account_id, func.count()).group_by(messages.c.account_id)
     )
-    msg: dict[int, int] = {int(a): int(n) for a, n in msg_rows.tuples()}
+    msg: dict[int, int] = {int(a): int(n) for a, n in msg_rows}
     fol_rows = await conn.execute(
         select(folders.c.account_id, func.count()).group_by(folders.c.account_id)
     )
-    fol: dict[int, int] = {int(a): int(n) for a, n in fol_rows.tuples()}
+    fol: dict[int, int] = {int(a): int(n) for a, n in fol_rows}
     ids = set(msg) | set(fol)
     return {i: (msg.get(i, 0), fol.get(i, 0)) for i in ids}
 

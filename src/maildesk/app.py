@@ -1,0 +1,100 @@
+"""App assembly: the ASGI app and `maildesk serve` (web + workers in one process).
+
+Shutdown on SIGTERM/SIGINT is ours, not uvicorn's: the signal sets one stop event, the web
+server stops accepting and finishes in-flight requests, the worker hands back its leases, and
+only then does the process exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from maildesk.config import Settings
+from maildesk.errors import ConfigError
+from maildesk.services import Services, open_services
+
+log = logging.getLogger(__name__)
+
+_INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>MailDesk</title></head><body style="font-family:system-ui;margin:3rem">
+<h1>MailDesk is running</h1><p>Health: <a href="/healthz">/healthz</a></p></body></html>"""
+
+
+def create_app(services: Services) -> Starlette:
+    async def index(request: Request) -> Response:
+        return HTMLResponse(_INDEX)
+
+    async def healthz(request: Request) -> Response:
+        try:
+            async with services.db.read() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+        except Exception:
+            log.exception("health check: database unreachable")
+            return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    app = Starlette(routes=[Route("/", index), Route("/healthz", healthz)])
+    app.state.services = services
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling (we stop it through ``should_exit``)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve_until(app: Starlette, services: Services, stop: asyncio.Event) -> None:
+    """Run the web server and the worker until ``stop`` is set, then shut both down."""
+    settings = services.settings
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            access_log=False, lifespan="off", timeout_graceful_shutdown=10)
+    server = _Server(config)
+
+    async def stopper() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(services.worker.serve(stop))
+        group.create_task(stopper())
+        try:
+            await server.serve()
+        except SystemExit as exc:  # uvicorn exits when it cannot bind
+            raise ConfigError(
+                "MAILDESK_PORT", f"cannot listen on {settings.host}:{settings.port}"
+            ) from exc
+        finally:
+            stop.set()
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Generator[None, None, None]:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def run_server(settings: Settings) -> None:
+    async with open_services(settings) as services:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            log.info("MailDesk listening on http://%s:%s", settings.host, settings.port)
+            await serve_until(create_app(services), services, stop)
