@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import random
 import signal
@@ -82,8 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--email", default=EMAIL)
+    parser.add_argument("--profile", default=None, help="write cProfile stats to this file")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.messages, args.seed, args.email))
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
+    try:
+        asyncio.run(serve(args.messages, args.seed, args.email))
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
     return 0
 
 

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import os
 import random
+import shutil
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,7 +94,7 @@ async def db_url(
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("_sqlite_template")
         path = tmp_path / "maildesk.db"
-        path.write_bytes(template.read_bytes())
+        await asyncio.to_thread(shutil.copyfile, template, path)
         yield f"sqlite+aiosqlite:///{path}"
         return
     cluster: PostgresCluster = request.getfixturevalue("pg_cluster")

@@ -21,7 +21,7 @@ from maildesk.providers.http import default_client
 from maildesk.secretbox import SecretBox
 from maildesk.store import jobs
 from maildesk.store.database import Database
-from maildesk.store.migrate import upgrade
+from maildesk.store.migrate import current_revision, head_revision, upgrade
 from maildesk.sync.connectors import Connectors
 from maildesk.sync.runner import SyncRunner
 from maildesk.sync.worker import PeriodicJob, Worker, new_owner_id
@@ -54,7 +54,9 @@ async def open_services(
     db = Database(settings.effective_database_url)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(db.dispose)
-        if migrate:
+        # Only take the schema lock when there is something to do: read-only commands run
+        # beside a live server (SQLite has one writer) and should not queue behind it.
+        if migrate and await current_revision(db.engine) != head_revision():
             await upgrade(db.engine)
         if http_client is None:
             http_client = await stack.enter_async_context(default_client())

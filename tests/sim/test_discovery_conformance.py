@@ -18,8 +18,13 @@ from collections.abc import AsyncIterator
 from functools import cache
 from typing import Any
 
+import google.oauth2.credentials
+import google_auth_httplib2  # type: ignore[import-untyped]
+import httplib2  # type: ignore[import-untyped]
 import httpx
 import pytest
+from googleapiclient.discovery import build_from_document
+from googleapiclient.errors import HttpError
 
 from maildesk.clock import ManualClock
 from maildesk.sim.gmail_api import GLOBAL_PARAMS, GMAIL_ROUTES
@@ -57,8 +62,11 @@ def discovery_methods() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {
-    "string": str, "integer": int, "boolean": bool, "number": (int, float),
-}  # fmt: skip
+    "string": str,
+    "integer": int,
+    "boolean": bool,
+    "number": (int, float),
+}
 
 
 def undeclared(value: Any, schema: dict[str, Any], where: str = "$") -> list[str]:
@@ -83,9 +91,15 @@ def undeclared(value: Any, schema: dict[str, Any], where: str = "$") -> list[str
     if kind == "array":
         if not isinstance(value, list):
             return [f"{where}: expected an array"]
-        return [p for i, item in enumerate(value) for p in undeclared(item, schema["items"], f"{where}[{i}]")]
+        return [
+            p
+            for i, item in enumerate(value)
+            for p in undeclared(item, schema["items"], f"{where}[{i}]")
+        ]
     expected = _JSON_TYPES.get(str(kind))
-    if expected is not None and (not isinstance(value, expected) or isinstance(value, bool) != (kind == "boolean")):
+    if expected is not None and (
+        not isinstance(value, expected) or isinstance(value, bool) != (kind == "boolean")
+    ):
         return [f"{where}: expected {kind}, got {type(value).__name__} {value!r}"]
     return []
 
@@ -102,12 +116,14 @@ def test_every_served_route_is_a_gmail_method_with_declared_parameters() -> None
         assert method is not None, f"{route.method} {route.template} is not in the discovery doc"
         query = {n for n, p in method.get("parameters", {}).items() if p["location"] == "query"}
         assert route.params <= query, f"{route.template} reads undeclared {route.params - query}"
-        path_params = {n for n, p in method.get("parameters", {}).items() if p["location"] == "path"}
+        path_params = {
+            n for n, p in method.get("parameters", {}).items() if p["location"] == "path"
+        }
         assert set(route.pattern.groupindex) == path_params
 
 
 def test_a_handler_cannot_read_an_undeclared_parameter() -> None:
-    from maildesk.sim.gmail_api import Call, GmailRoute  # noqa: PLC0415
+    from maildesk.sim.gmail_api import Call, GmailRoute
 
     route = next(r for r in GMAIL_ROUTES if r.template.endswith("/profile"))
     assert isinstance(route, GmailRoute)
@@ -121,16 +137,25 @@ def test_a_handler_cannot_read_an_undeclared_parameter() -> None:
 
 
 def test_checker_flags_undeclared_and_mistyped_fields() -> None:
-    message = {"id": "1", "threadId": "1", "historyId": "5", "payload": {
-        "partId": "", "headers": [{"name": "a", "value": "b"}],
-        "parts": [{"partId": "0", "body": {"size": 1, "data": "QQ=="}}]}}  # fmt: skip
-    schema = {"$ref": "Message"}
+    message: dict[str, Any] = {
+        "id": "1",
+        "threadId": "1",
+        "historyId": "5",
+        "payload": {
+            "partId": "",
+            "headers": [{"name": "a", "value": "b"}],
+            "parts": [{"partId": "0", "body": {"size": 1, "data": "QQ=="}}],
+        },
+    }
+    schema: dict[str, Any] = {"$ref": "Message"}
     assert undeclared(message, schema) == []
     assert undeclared({**message, "bogus": 1}, schema) == ["$.bogus is not declared"]
     nested = copy.deepcopy(message)
     nested["payload"]["parts"][0]["body"]["encoding"] = "base64"
     assert undeclared(nested, schema) == ["$.payload.parts[0].body.encoding is not declared"]
-    assert undeclared({**message, "historyId": 5}, schema) == ["$.historyId: expected string, got int 5"]
+    assert undeclared({**message, "historyId": 5}, schema) == [
+        "$.historyId: expected string, got int 5"
+    ]
     history = {"history": [{"id": "9", "messagesAdded": [{"message": {"id": "1", "extra": True}}]}]}
     assert undeclared(history, {"$ref": "ListHistoryResponse"}) == [
         "$.history[0].messagesAdded[0].message.extra is not declared"
@@ -146,8 +171,11 @@ async def http() -> AsyncIterator[tuple[GoogleState, httpx.AsyncClient]]:
     token = state.issue_access_token(state.create_grant(EMAIL, [FULL]))
     state.ensure_mailbox("bob@example.com")
     app = create_google_app(state)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim",
-                                 headers={"Authorization": f"Bearer {token}"}) as client:  # fmt: skip
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://sim",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
         yield state, client
 
 
@@ -178,36 +206,60 @@ async def test_every_answer_uses_only_declared_fields(
     sent = (await call("POST", f"{u}/messages/send", "/messages/send", json={"raw": raw})).json()
     full = (await call("GET", f"{u}/messages/{{id}}", f"/messages/{sent['id']}")).json()
     attachment = full["payload"]["parts"][1]["body"]["attachmentId"]
-    await call("GET", f"{u}/messages/{{messageId}}/attachments/{{id}}",
-               f"/messages/{sent['id']}/attachments/{attachment}")  # fmt: skip
-    listed = (await call("GET", f"{u}/messages", "/messages",
-                         params={"maxResults": 5, "labelIds": "INBOX"})).json()  # fmt: skip
+    await call(
+        "GET",
+        f"{u}/messages/{{messageId}}/attachments/{{id}}",
+        f"/messages/{sent['id']}/attachments/{attachment}",
+    )
+    listed = (
+        await call(
+            "GET", f"{u}/messages", "/messages", params={"maxResults": 5, "labelIds": "INBOX"}
+        )
+    ).json()
     first = listed["messages"][0]["id"]
     for fmt in ("minimal", "metadata", "full", "raw"):
         await call("GET", f"{u}/messages/{{id}}", f"/messages/{first}", params={"format": fmt})
-    await call("POST", f"{u}/messages/{{id}}/modify", f"/messages/{first}/modify",
-               json={"addLabelIds": ["STARRED"], "removeLabelIds": ["UNREAD"]})  # fmt: skip
+    await call(
+        "POST",
+        f"{u}/messages/{{id}}/modify",
+        f"/messages/{first}/modify",
+        json={"addLabelIds": ["STARRED"], "removeLabelIds": ["UNREAD"]},
+    )
     await call("POST", f"{u}/messages/{{id}}/trash", f"/messages/{first}/trash")
     await call("POST", f"{u}/messages/{{id}}/untrash", f"/messages/{first}/untrash")
     await call("DELETE", f"{u}/messages/{{id}}", f"/messages/{first}")
-    history = (await call("GET", f"{u}/history", "/history",
-                          params={"startHistoryId": start})).json()  # fmt: skip
+    history = (
+        await call("GET", f"{u}/history", "/history", params={"startHistoryId": start})
+    ).json()
     kinds = {k for record in history["history"] for k in record}
     assert kinds >= {"messagesAdded", "messagesDeleted", "labelsAdded", "labelsRemoved"}
-    await call("GET", f"{u}/history", "/history",
-               params={"startHistoryId": start, "maxResults": 2, "labelId": "INBOX",
-                       "historyTypes": ["labelAdded", "messageAdded"]})  # fmt: skip
+    await call(
+        "GET",
+        f"{u}/history",
+        "/history",
+        params={
+            "startHistoryId": start,
+            "maxResults": 2,
+            "labelId": "INBOX",
+            "historyTypes": ["labelAdded", "messageAdded"],
+        },
+    )
     await call("GET", f"{u}/profile", "/profile")
     await call("GET", f"{u}/labels", "/labels")
-    await call("POST", f"{u}/watch", "/watch",
-               json={"topicName": "projects/p/topics/t", "labelIds": ["INBOX"]})  # fmt: skip
+    await call(
+        "POST",
+        f"{u}/watch",
+        "/watch",
+        json={"topicName": "projects/p/topics/t", "labelIds": ["INBOX"]},
+    )
     await call("POST", f"{u}/stop", "/stop")
 
     assert {(m, t) for m, t, _ in answers} == {(r.method, r.template) for r in GMAIL_ROUTES}
     for method, template, response in answers:
         described = methods[(method, template)]
         if "response" not in described:
-            assert response.status_code == 204 and response.content == b""
+            assert response.status_code == 204
+            assert response.content == b""
             continue
         problems = undeclared(response.json(), described["response"])
         assert problems == [], f"{method} {template}: {problems}"
@@ -218,36 +270,39 @@ async def test_every_answer_uses_only_declared_fields(
 
 def _use_google_client(base_url: str, token: str) -> dict[str, Any]:
     """Drive the simulator with google-api-python-client (synchronous, so run in a thread)."""
-    import google.oauth2.credentials  # noqa: PLC0415
-    import google_auth_httplib2  # noqa: PLC0415
-    import httplib2  # noqa: PLC0415
-    from googleapiclient.discovery import build_from_document  # noqa: PLC0415
-    from googleapiclient.errors import HttpError  # noqa: PLC0415
-
     doc = {**discovery(), "rootUrl": base_url + "/"}
     credentials = google.oauth2.credentials.Credentials(token=token)  # type: ignore[no-untyped-call]
-    authorized = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=10))
-    service = build_from_document(doc, http=authorized)
-    users = service.users()
-    out: dict[str, Any] = {"profile": users.getProfile(userId="me").execute()}
-    listed = users.messages().list(userId="me", labelIds=["INBOX"], maxResults=5).execute()
-    out["listed"] = [m["id"] for m in listed["messages"]]
-    got: dict[str, Any] = {}
-
-    def collect(request_id: str, response: Any, exception: Exception | None) -> None:
-        got[request_id] = exception if exception is not None else response
-
-    batch = service.new_batch_http_request(callback=collect)
-    for mid in [*out["listed"], "0000000000000000"]:
-        batch.add(users.messages().get(userId="me", id=mid, format="metadata",
-                                       metadataHeaders=["Subject"]), request_id=mid)  # fmt: skip
-    batch.execute()
-    out["batch"] = got
+    transport = httplib2.Http(timeout=10)
     try:
-        users.history().list(userId="me", startHistoryId="1").execute()
-    except HttpError as exc:
-        out["history_error"] = (exc.status_code, exc.error_details)
-    return out
+        service = build_from_document(
+            doc, http=google_auth_httplib2.AuthorizedHttp(credentials, http=transport)
+        )
+        users = service.users()
+        out: dict[str, Any] = {"profile": users.getProfile(userId="me").execute()}
+        listed = users.messages().list(userId="me", labelIds=["INBOX"], maxResults=5).execute()
+        out["listed"] = [m["id"] for m in listed["messages"]]
+        got: dict[str, Any] = {}
+
+        def collect(request_id: str, response: Any, exception: Exception | None) -> None:
+            got[request_id] = exception if exception is not None else response
+
+        batch = service.new_batch_http_request(callback=collect)
+        for mid in [*out["listed"], "0000000000000000"]:
+            batch.add(
+                users.messages().get(
+                    userId="me", id=mid, format="metadata", metadataHeaders=["Subject"]
+                ),
+                request_id=mid,
+            )
+        batch.execute()
+        out["batch"] = got
+        try:
+            users.history().list(userId="me", startHistoryId="1").execute()
+        except HttpError as exc:
+            out["history_error"] = (exc.status_code, exc.error_details)
+        return out
+    finally:
+        transport.close()  # httplib2 keeps connections open otherwise
 
 
 async def test_google_client_library_works_against_the_simulator() -> None:
@@ -260,8 +315,10 @@ async def test_google_client_library_works_against_the_simulator() -> None:
     assert len(out["listed"]) == 5
     for mid in out["listed"]:
         answer = out["batch"][mid]
-        assert answer["id"] == mid and answer["payload"]["headers"][0]["name"] == "Subject"
+        assert answer["id"] == mid
+        assert answer["payload"]["headers"][0]["name"] == "Subject"
     missing = out["batch"]["0000000000000000"]
     assert getattr(missing, "status_code", None) == 404
     status, details = out["history_error"]
-    assert status == 404 and details[0]["reason"] == "notFound"
+    assert status == 404
+    assert details[0]["reason"] == "notFound"

@@ -6,10 +6,12 @@ import random
 import re
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from typing import Any
 
 import pytest
 
@@ -31,26 +33,46 @@ def make_state(seed: int = 7, clock: ManualClock | None = None) -> GoogleState:
     return GoogleState(clock=clock or ManualClock(), rng=random.Random(seed))
 
 
-def add(state: GoogleState, subject: str = "hello", **kwargs: object) -> str:
-    fields: dict[str, object] = {
-        "sender": "Bob <bob@example.com>", "to": EMAIL, "text": f"text of {subject}",
-        "html": f"<p>{subject}</p>",
-    }  # fmt: skip
-    fields.update(kwargs)
-    return state.add_message(EMAIL, subject=subject, **fields)  # type: ignore[arg-type]
+def add(
+    state: GoogleState,
+    subject: str = "hello",
+    *,
+    sender: str = "Bob <bob@example.com>",
+    text: str | None = None,
+    html: str | None = None,
+    labels: Sequence[str] = ("INBOX", "UNREAD"),
+    internal_date: int | datetime | None = None,
+    message_id_header: str | None = None,
+) -> str:
+    return state.add_message(
+        EMAIL,
+        subject=subject,
+        sender=sender,
+        to=EMAIL,
+        text=f"text of {subject}" if text is None else text,
+        html=f"<p>{subject}</p>" if html is None else html,
+        labels=labels,
+        internal_date=internal_date,
+        message_id_header=message_id_header,
+    )
 
 
-def all_history(box: Mailbox, start: int, **kwargs: object) -> list[dict[str, object]]:
+def all_history(
+    box: Mailbox,
+    start: int,
+    *,
+    types: Sequence[str] = (),
+    label_id: str | None = None,
+    max_results: int = 100,
+) -> list[dict[str, Any]]:
     """Every history record after ``start``, following page tokens."""
-    records: list[dict[str, object]] = []
+    records: list[dict[str, Any]] = []
     token: str | None = None
     while True:
         page, token = box.history_page(
-            start, types=kwargs.get("types", ()), label_id=kwargs.get("label_id"),  # type: ignore[arg-type]
-            page_token=token, max_results=int(kwargs.get("max_results", 100)),  # type: ignore[call-overload]
-        )  # fmt: skip
-        types = kwargs.get("types") or HISTORY_TYPES
-        records += [r.to_json(types) for r in page]  # type: ignore[arg-type]
+            start, types=types, label_id=label_id, page_token=token, max_results=max_results
+        )
+        records += [r.to_json(types or HISTORY_TYPES) for r in page]
         if token is None:
             return records
 
@@ -71,9 +93,15 @@ def test_raw_message_is_rfc5322_with_text_and_html_alternatives() -> None:
     state = make_state()
     state.ensure_mailbox(EMAIL)
     when = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
-    mid = add(state, "Héllo “quoted” wörld", sender='"Smith, J." <j@example.org>',
-              text="Grüße\nline two", html="<p>Grüße</p>", internal_date=when,
-              message_id_header="<fixed@example.org>")  # fmt: skip
+    mid = add(
+        state,
+        "Héllo “quoted” wörld",
+        sender='"Smith, J." <j@example.org>',
+        text="Grüße\nline two",
+        html="<p>Grüße</p>",
+        internal_date=when,
+        message_id_header="<fixed@example.org>",
+    )
     message = state.mailbox(EMAIL).get(mid)
     parsed = BytesParser(policy=policy.default).parsebytes(message.raw())
     assert isinstance(parsed, EmailMessage)
@@ -86,7 +114,8 @@ def test_raw_message_is_rfc5322_with_text_and_html_alternatives() -> None:
     plain, html = parsed.get_body(("plain",)), parsed.get_body(("html",))
     assert plain is not None
     assert plain.get_content().replace("\r\n", "\n").strip() == "Grüße\nline two"
-    assert html is not None and html.get_content().strip() == "<p>Grüße</p>"
+    assert html is not None
+    assert html.get_content().strip() == "<p>Grüße</p>"
     assert message.internal_date == int(when.timestamp() * 1000)
     # format=metadata reads stored headers; they must equal what the bytes say.
     assert message.headers() == parse_headers(message.raw())
@@ -114,8 +143,7 @@ def test_unknown_labels_mailboxes_and_messages_are_typed_errors() -> None:
     with pytest.raises(NotFound):
         state.delete_message(EMAIL, "0" * 16)
     with pytest.raises(NotFound):
-        state.add_message("nobody@example.com", subject="", sender="a@b.c", to="", text="",
-                          html="")  # fmt: skip
+        state.add_message("nobody@example.com", subject="", sender="a@b.c", to="", text="", html="")
 
 
 def test_user_labels_get_label_n_ids_and_names_are_unique() -> None:
@@ -126,7 +154,8 @@ def test_user_labels_get_label_n_ids_and_names_are_unique() -> None:
     assert (first, second) == ("Label_1", "Label_2")
     assert state.create_label(EMAIL, "Customers") == first
     types = {la.id: la.type for la in state.mailbox(EMAIL).labels.values()}
-    assert types["INBOX"] == "system" and types["Label_2"] == "user"
+    assert types["INBOX"] == "system"
+    assert types["Label_2"] == "user"
 
 
 # -- history ---------------------------------------------------------------------------------
@@ -144,10 +173,14 @@ def test_every_change_appends_one_record_of_the_right_type() -> None:
     records = all_history(box, start)
     message = {"id": mid, "threadId": mid}
     assert [set(r) - {"id", "messages"} for r in records] == [
-        {"messagesAdded"}, {"labelsAdded", "labelsRemoved"}, {"labelsAdded", "labelsRemoved"},
+        {"messagesAdded"},
+        {"labelsAdded", "labelsRemoved"},
+        {"labelsAdded", "labelsRemoved"},
         {"messagesDeleted"},
-    ]  # fmt: skip
-    assert records[0]["messagesAdded"] == [{"message": {**message, "labelIds": ["INBOX", "UNREAD"]}}]
+    ]
+    assert records[0]["messagesAdded"] == [
+        {"message": {**message, "labelIds": ["INBOX", "UNREAD"]}}
+    ]
     assert records[1]["labelsAdded"] == [
         {"message": {**message, "labelIds": ["INBOX", "STARRED"]}, "labelIds": ["STARRED"]}
     ]
@@ -155,11 +188,14 @@ def test_every_change_appends_one_record_of_the_right_type() -> None:
         {"message": {**message, "labelIds": ["INBOX", "STARRED"]}, "labelIds": ["UNREAD"]}
     ]
     # Moving to Bin is TRASH added + INBOX removed; deleting is messagesDeleted.
-    assert records[2]["labelsAdded"][0]["labelIds"] == ["TRASH"]  # type: ignore[index]
-    assert records[2]["labelsRemoved"][0]["labelIds"] == ["INBOX"]  # type: ignore[index]
-    assert records[3]["messagesDeleted"] == [{"message": {**message, "labelIds": ["STARRED", "TRASH"]}}]
+    assert records[2]["labelsAdded"][0]["labelIds"] == ["TRASH"]
+    assert records[2]["labelsRemoved"][0]["labelIds"] == ["INBOX"]
+    assert records[3]["messagesDeleted"] == [
+        {"message": {**message, "labelIds": ["STARRED", "TRASH"]}}
+    ]
     ids = [int(str(r["id"])) for r in records]
-    assert ids == sorted(ids) and len(set(ids)) == 4
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 4
     assert ids[-1] == box.history_id
 
 
@@ -171,7 +207,8 @@ def test_history_ids_grow_with_random_gaps() -> None:
         add(state, f"m{i}")
     ids = [int(str(r["id"])) for r in all_history(box, start)]
     gaps = {b - a for a, b in zip([start, *ids], ids, strict=False)}
-    assert min(gaps) >= 1 and len(gaps) > 5
+    assert min(gaps) >= 1
+    assert len(gaps) > 5
 
 
 def test_history_pages_filters_and_tokens() -> None:
@@ -183,9 +220,11 @@ def test_history_pages_filters_and_tokens() -> None:
     state.modify_labels(EMAIL, ids[1], add=["STARRED"])
     state.delete_message(EMAIL, ids[2])
     paged = all_history(box, start, max_results=2)
-    assert paged == all_history(box, start) and len(paged) == 10
+    assert paged == all_history(box, start)
+    assert len(paged) == 10
     added = all_history(box, start, types=["messageAdded"])
-    assert len(added) == 7 and all("messagesAdded" in r for r in added)
+    assert len(added) == 7
+    assert all("messagesAdded" in r for r in added)
     # Type filtering also strips the other kinds from a record that has several.
     removed = all_history(box, start, types=["labelRemoved"])
     assert [set(r) for r in removed] == [{"id", "messages", "labelsRemoved"}]
@@ -203,14 +242,17 @@ def test_filtered_history_scans_a_bounded_window_per_page() -> None:
     start = box.history_id
     for i in range(MAX_HISTORY_SCAN * 3):
         add(state, f"m{i}", internal_date=i)
-    page, token = box.history_page(start, types=["messageDeleted"], label_id=None,
-                                   page_token=None, max_results=100)  # fmt: skip
+    page, token = box.history_page(
+        start, types=["messageDeleted"], label_id=None, page_token=None, max_results=100
+    )
     # Nothing matches, yet one page stops after a bounded scan and hands back a token.
-    assert page == [] and token is not None
+    assert page == []
+    assert token is not None
     pages = 1
     while token is not None:
-        page, token = box.history_page(start, types=["messageDeleted"], label_id=None,
-                                       page_token=token, max_results=100)  # fmt: skip
+        page, token = box.history_page(
+            start, types=["messageDeleted"], label_id=None, page_token=token, max_results=100
+        )
         assert page == []
         pages += 1
     assert pages == 3
@@ -250,8 +292,9 @@ def list_all(box: Mailbox, labels: list[str], include: bool, size: int) -> list[
     found: list[str] = []
     token: str | None = None
     while True:
-        page, token, _ = box.list_page(labels, include_spam_trash=include, page_token=token,
-                                       max_results=size)  # fmt: skip
+        page, token, _ = box.list_page(
+            labels, include_spam_trash=include, page_token=token, max_results=size
+        )
         found += [m.id for m in page]
         if token is None:
             return found
@@ -268,7 +311,8 @@ def test_listing_is_newest_first_and_filters_labels_spam_and_trash() -> None:
     unread_inbox = [m.id for m in messages if {"INBOX", "UNREAD"} <= m.label_ids]
     assert list_all(box, ["INBOX", "UNREAD"], False, 10) == unread_inbox
     trash = [m.id for m in messages if "TRASH" in m.label_ids]
-    assert trash and list_all(box, ["TRASH"], False, 10) == trash
+    assert trash
+    assert list_all(box, ["TRASH"], False, 10) == trash
     assert list_all(box, ["Label_999"], False, 10) == []
 
 
@@ -277,13 +321,15 @@ def test_listing_pages_stay_consistent_while_new_mail_arrives() -> None:
     state.seed_mailbox(EMAIL, 120)
     box = state.mailbox(EMAIL)
     before = list_all(box, ["INBOX"], False, 1000)
-    page, token, _ = box.list_page(["INBOX"], include_spam_trash=False, page_token=None,
-                                   max_results=30)  # fmt: skip
+    page, token, _ = box.list_page(
+        ["INBOX"], include_spam_trash=False, page_token=None, max_results=30
+    )
     add(state, "newer than everything")
     seen = [m.id for m in page]
     while token is not None:
-        page, token, _ = box.list_page(["INBOX"], include_spam_trash=False, page_token=token,
-                                       max_results=30)  # fmt: skip
+        page, token, _ = box.list_page(
+            ["INBOX"], include_spam_trash=False, page_token=token, max_results=30
+        )
         seen += [m.id for m in page]
     assert seen == before
 
@@ -297,11 +343,11 @@ def test_bad_page_tokens_are_input_errors() -> None:
         box.history_page(box.history_id, types=(), label_id=None, page_token="x", max_results=5)
 
 
-def _best_time(action: object, repeat: int = 30) -> float:
+def _best_time(action: Callable[[], None], repeat: int = 30) -> float:
     best = float("inf")
     for _ in range(repeat):
         began = time.perf_counter()
-        action()  # type: ignore[operator]
+        action()
         best = min(best, time.perf_counter() - began)
     return best
 
@@ -311,7 +357,7 @@ def test_page_cost_does_not_grow_with_the_mailbox() -> None:
     small.seed_mailbox(EMAIL, 300)
     large.seed_mailbox(EMAIL, 20_000)
 
-    def deep_page(state: GoogleState) -> object:
+    def deep_page(state: GoogleState) -> Callable[[], None]:
         box = state.mailbox(EMAIL)
         oldest_visible = sorted(box.all_messages(), key=lambda m: m.key)[250]
         token = f"{oldest_visible.internal_date}.{oldest_visible.id}"
@@ -352,13 +398,15 @@ def test_seeded_mailbox_is_a_realistic_mix() -> None:
     share = {label: n / 3000 for label, n in counts.items()}
     assert share["INBOX"] > 0.6
     assert 0.05 < share["SENT"] < 0.25
-    assert 0.005 < share["TRASH"] < 0.06 and 0.005 < share["SPAM"] < 0.06
+    assert 0.005 < share["TRASH"] < 0.06
+    assert 0.005 < share["SPAM"] < 0.06
     assert 0.1 < share["UNREAD"] < 0.5
     assert sum(n for label, n in counts.items() if label.startswith("Label_")) > 100
     assert box.threads_total < 2900  # some replies joined earlier threads
     now_ms = int(clock.now().timestamp() * 1000)
     dates = [m.internal_date for m in box.all_messages()]
-    assert now_ms - 90 * 86_400_000 <= min(dates) and max(dates) <= now_ms
+    assert now_ms - 90 * 86_400_000 <= min(dates)
+    assert max(dates) <= now_ms
     assert max(dates) - min(dates) > 80 * 86_400_000  # spread over the period
     senders = {m.headers()[1][1] for m in box.all_messages()}
     assert len(senders) > 30
@@ -385,7 +433,8 @@ def test_send_stores_sent_and_delivers_to_simulated_recipients() -> None:
     sent = state.send_message(EMAIL, raw)
     assert sent.label_ids == {"SENT"}
     headers = dict(parse_headers(sent.raw()))
-    assert headers["From"] == EMAIL and headers["Message-ID"].startswith("<")
+    assert headers["From"] == EMAIL
+    assert headers["Message-ID"].startswith("<")
     assert sent.snippet == "Hello Bob"
     bob = state.snapshot("bob@example.com")["messages"]
     assert list(bob.values()) == [["INBOX", "UNREAD"]]
@@ -449,12 +498,14 @@ async def test_fault_rules_match_wear_out_and_rewrite_answers() -> None:
 
     request = SimRequest("GET", "/gmail/v1/users/me/history")
     limited = await faults.run(request, real, global_latency=True)
-    assert limited.status == 429 and limited.headers["Retry-After"] == "3"
+    assert limited.status == 429
+    assert limited.headers["Retry-After"] == "3"
     assert limited.payload["error"]["errors"][0]["reason"] == "rateLimitExceeded"
     trimmed = await faults.run(request, real, global_latency=True)
     assert trimmed.payload == {"history": [{"id": "8"}]}
-    other = await faults.run(SimRequest("POST", "/gmail/v1/users/me/watch"), real,
-                             global_latency=True)  # fmt: skip
+    other = await faults.run(
+        SimRequest("POST", "/gmail/v1/users/me/watch"), real, global_latency=True
+    )
     assert other.payload["historyId"] == "9"
     assert [r.count for r in faults.rules] == [0, None]
 

@@ -28,7 +28,7 @@ from maildesk.sync.runner import SyncResult
 
 SIM = "http://sim"
 CLIENT_ID = "maildesk-test-client"
-CLIENT_SECRET = "maildesk-test-secret"  # noqa: S105 - a simulator credential
+CLIENT_SECRET = "maildesk-test-secret"
 
 
 def sim_settings(data_dir: Path, db_url: str, **overrides: Any) -> Settings:

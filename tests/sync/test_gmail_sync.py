@@ -10,9 +10,9 @@ from sqlalchemy import func, select
 
 from maildesk import mailboxes
 from maildesk.clock import ManualClock
-from maildesk.sim.gmail_state import GoogleState
 from maildesk.domain.accounts import AccountState
 from maildesk.domain.events import ChangeKind
+from maildesk.sim.gmail_state import GoogleState
 from maildesk.store import accounts as account_store
 from maildesk.store import cursors
 from maildesk.store.tables import changes, messages
@@ -45,7 +45,8 @@ async def test_initial_sync_is_inbox_newest_first_then_backfill_completes(harnes
         first = await asyncio.wait_for(sub.get(), 1)
     assert [r.status for r in results] == ["ok"]
     # The very first message committed is the newest one in the inbox.
-    assert first is not None and first.kind is ChangeKind.ADDED
+    assert first is not None
+    assert first.kind is ChangeKind.ADDED
     assert first.remote_id == newest_inbox.id
 
     # Insertion order of the inbox pass follows received date, newest first.
@@ -59,7 +60,8 @@ async def test_initial_sync_is_inbox_newest_first_then_backfill_completes(harnes
 
     await h.sync_until_idle()
     account = await _account(h, account_id)
-    assert account.initial_sync_done and account.backfill_done
+    assert account.initial_sync_done
+    assert account.backfill_done
     assert account.state is AccountState.OK
     assert await h.store_state(account_id) == without_unread(h.provider_state(EMAIL))
     assert account.backfill_fetched > 0
@@ -85,7 +87,8 @@ async def test_backfill_resumes_from_its_page_after_a_restart(
         await h.sync_until_idle()
         listings = [r for r in h.requests if r.url.path.endswith("/messages")]
         # The first listing after the restart asks for the recorded page, not the first one.
-        assert listings and listings[0].url.params.get("pageToken") == token
+        assert listings
+        assert listings[0].url.params.get("pageToken") == token
         account = await _account(h, account_id)
         assert account.backfill_done
         assert account.backfill_fetched > fetched
@@ -116,10 +119,13 @@ async def test_incremental_adds_deletes_trash_and_labels(harness: Harness) -> No
 
     state = await h.store_state(account_id)
     assert state == without_unread(h.provider_state(EMAIL))
-    assert added in state and "INBOX" in state[added]
+    assert added in state
+    assert "INBOX" in state[added]
     assert ids[0] not in state
-    assert "TRASH" in state[ids[1]] and "INBOX" not in state[ids[1]]
-    assert label in state[ids[2]] and "INBOX" not in state[ids[2]]
+    assert "TRASH" in state[ids[1]]
+    assert "INBOX" not in state[ids[1]]
+    assert label in state[ids[2]]
+    assert "INBOX" not in state[ids[2]]
     assert kinds == {
         added: ChangeKind.ADDED, ids[0]: ChangeKind.REMOVED,
         ids[1]: ChangeKind.UPDATED, ids[2]: ChangeKind.UPDATED,
@@ -176,13 +182,16 @@ async def test_expired_history_triggers_full_resync_to_identical_state(harness: 
 
     await mailboxes.request_sync(h.services, account_id)
     results = await h.sync_until_idle()
-    assert results and all(r.status == "ok" for r in results)
+    assert results
+    assert all(r.status == "ok" for r in results)
     state = await h.store_state(account_id)
     assert state == without_unread(h.provider_state(EMAIL))
-    assert new in state and ids[0] not in state
+    assert new in state
+    assert ids[0] not in state
     async with h.services.db.read() as conn:
         cursor = await cursors.get(conn, account_id, HISTORY)
-    assert cursor is not None and int(cursor) >= int(h.google.snapshot(EMAIL)["minHistoryId"])
+    assert cursor is not None
+    assert int(cursor) >= int(h.google.snapshot(EMAIL)["minHistoryId"])
 
 
 async def test_revoked_grant_is_typed_loses_nothing_and_resumes_after_reconnect(
@@ -211,7 +220,8 @@ async def test_revoked_grant_is_typed_loses_nothing_and_resumes_after_reconnect(
     await mailboxes.reconnect_gmail(h.services, account_id, refresh_token=h.grant(EMAIL))
     await h.sync_until_idle()
     account = await _account(h, account_id)
-    assert account.state is AccountState.OK and account.last_error is None
+    assert account.state is AccountState.OK
+    assert account.last_error is None
     assert arrived in await h.store_state(account_id)
 
 
@@ -254,12 +264,14 @@ async def test_malformed_answers_are_typed_errors_then_recover(harness: Harness)
     h.google.add_fault(path=r"/history$", body="not json{", status=200, count=1)
     await mailboxes.request_sync(h.services, account_id)
     results = await h.sync()
-    assert results[0].status == "error" and results[0].error_kind == "protocol"
+    assert results[0].status == "error"
+    assert results[0].error_kind == "protocol"
 
     h.clock.advance(3600)
     h.google.add_fault(path=r"/history$", drop_fields=["historyId"], count=1)
     results = await h.sync()
-    assert results[0].status == "error" and results[0].error_kind == "protocol"
+    assert results[0].status == "error"
+    assert results[0].error_kind == "protocol"
     assert "historyId" in (results[0].error or "")
 
     h.clock.advance(3600)

@@ -60,7 +60,8 @@ async def test_crashed_worker_lease_expires_and_another_finishes(harness: Harnes
                 break
             for claim in claims_b:
                 results.append(await b.runner.run(claim))
-        assert results and all(r.status == "ok" for r in results)
+        assert results
+        assert all(r.status == "ok" for r in results)
 
         # A comes back to life (a paused process): its next write is refused.
         ctx = SyncContext(h.services.db, h.clock, h.services.bus, account_id,
@@ -90,7 +91,8 @@ async def test_requests_during_a_sync_collapse_into_one_follow_up(harness: Harne
         await account_store.release(conn, claim, owner="w1", values={}, clear_request=True)
     # The stamp survived (a request came in meanwhile): exactly one follow-up sync is due.
     results = await h.sync()
-    assert len(results) == 1 and results[0].status == "ok"
+    assert len(results) == 1
+    assert results[0].status == "ok"
     assert await h.sync() == []
 
 
@@ -114,7 +116,8 @@ async def test_each_sync_is_recorded_as_a_job_run(harness: Harness) -> None:
     await h.services.worker.run_periodic(force=True)
     async with h.services.db.read() as conn:
         runs = {r.job: r for r in await jobs.latest(conn)}
-    assert runs["sync"].status == "ok" and runs["sync"].duration_ms is not None
+    assert runs["sync"].status == "ok"
+    assert runs["sync"].duration_ms is not None
     assert "added=" in runs["sync"].detail
     assert runs["maintenance"].status == "ok"
 
@@ -126,7 +129,8 @@ async def test_worker_serve_syncs_on_wake_and_stops_cleanly(harness: Harness) ->
     with h.services.bus.subscribe() as sub:
         serving = asyncio.create_task(h.services.worker.serve(stop))
         first = await asyncio.wait_for(sub.get(), 10)
-        assert first is not None and first.account_id == account_id
+        assert first is not None
+        assert first.account_id == account_id
         stop.set()
         await asyncio.wait_for(serving, 10)
     async with h.services.db.read() as conn:
