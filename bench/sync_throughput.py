@@ -483,8 +483,8 @@ async def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                         if profiler is not None and profile_dir is not None:
                             profiler.disable()
                             profiler.dump_stats(profile_dir / f"maildesk_{kind}.pstats")
-                    peak = peak_rss_mb()
                     rss_after = current_rss_mb()
+                    peak = max(peak_rss_mb(), rss_after)
                     baseline = await provider_only(
                         services, sync["account_id"], counter, cpu, args.timeout
                     )

@@ -22,7 +22,8 @@ so callers only ever handle our types::
     │   ├── ProtocolViolation           the provider answered something we cannot parse
     │   └── ProviderRejected            a 4xx that retrying will not fix (our request was wrong)
     ├── PushError
-    │   └── NotReady(reason)            the readiness guard refused a push registration
+    │   ├── NotReady(reason)            the readiness guard refused a push registration
+    │   └── WebhookRejected(status)     a webhook request we refuse (401/403/413/503 ...)
     └── StoreError
         └── LeaseLost                   another worker took over the account we were syncing
 
@@ -155,6 +156,18 @@ class NotReady(PushError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
+        self.reason = reason
+
+
+class WebhookRejected(PushError):
+    """A webhook request we refuse. ``status`` is the HTTP answer; ``reason`` is for our logs and
+    the timeline only (callers get a generic message)."""
+
+    kind = "webhook_rejected"
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
         self.reason = reason
 
 

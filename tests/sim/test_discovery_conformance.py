@@ -27,10 +27,11 @@ from googleapiclient.discovery import build_from_document
 from googleapiclient.errors import HttpError
 
 from maildesk.clock import ManualClock
-from maildesk.sim.gmail_api import GLOBAL_PARAMS, GMAIL_ROUTES
+from maildesk.sim.gmail_api import GLOBAL_PARAMS, GMAIL_ROUTES, Call
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.google import create_google_app
 from maildesk.sim.server import serve_app
+from maildesk.sim.wire import SimRequest
 
 EMAIL = "alice@example.com"
 FULL = "https://mail.google.com/"
@@ -123,14 +124,16 @@ def test_every_served_route_is_a_gmail_method_with_declared_parameters() -> None
 
 
 def test_a_handler_cannot_read_an_undeclared_parameter() -> None:
-    from maildesk.sim.gmail_api import Call, GmailRoute
-
-    route = next(r for r in GMAIL_ROUTES if r.template.endswith("/profile"))
-    assert isinstance(route, GmailRoute)
-    call = Call.__new__(Call)
-    call.route = route
-    with pytest.raises(RuntimeError, match="undeclared parameter"):
-        call.params("q")
+    # The route table is only trustworthy if reading outside it fails loudly.
+    state = GoogleState(clock=ManualClock(), rng=random.Random(1))
+    token = state.oauth.authenticate(state.issue_access_token(state.create_grant(EMAIL, [FULL])))
+    assert token is not None
+    route = next(r for r in GMAIL_ROUTES if r.template.endswith("/messages"))
+    request = SimRequest("GET", BASE + "/messages", [("q", "x"), ("format", "raw")])
+    call = Call(request, route, state.mailbox(EMAIL), token, {})
+    assert call.param("q") == "x"
+    with pytest.raises(RuntimeError, match="undeclared parameter format"):
+        call.params("format")
 
 
 # -- the checker itself must be able to fail ----------------------------------------------------

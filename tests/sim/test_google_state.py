@@ -23,7 +23,7 @@ from maildesk.sim.gmail_objects import HISTORY_TYPES
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.mailbox import MAX_HISTORY_SCAN, Mailbox
 from maildesk.sim.oauth_state import OAuthError, pkce_challenge
-from maildesk.sim.wire import SimRequest, SimResponse
+from maildesk.sim.wire import SimRequest, SimResponse, google_error
 
 EMAIL = "alice@example.com"
 FULL = "https://mail.google.com/"
@@ -516,3 +516,15 @@ def test_fault_rules_reject_bad_input() -> None:
     with pytest.raises(InputError):
         FaultRule.from_json({"path": "x", "sttaus": 500})
     assert drop_fields([{"a": 1, "b": {"a": 2, "c": 3}}], frozenset({"a"})) == [{"b": {"c": 3}}]
+
+
+def test_quota_reasons_use_the_usage_limits_domain() -> None:
+    answer = google_error(403, reason="userRateLimitExceeded")
+    assert answer.payload["error"]["status"] == "PERMISSION_DENIED"
+    assert answer.payload["error"]["errors"] == [
+        {
+            "domain": "usageLimits",
+            "reason": "userRateLimitExceeded",
+            "message": "User Rate Limit Exceeded",
+        }
+    ]

@@ -20,14 +20,7 @@ from maildesk.domain.accounts import (
     GMAIL_SCOPE_SEND,
 )
 from maildesk.errors import InputError, NotFound
-from maildesk.sim.gmail_mime import (
-    attachment_data,
-    attachment_token,
-    b64url,
-    b64url_decode,
-    filter_headers,
-    payload_of,
-)
+from maildesk.sim.gmail_mime import attachment_data, attachment_token, b64url, b64url_decode
 from maildesk.sim.gmail_objects import HISTORY_TYPES, SimMessage
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.mailbox import Mailbox
@@ -156,6 +149,7 @@ class GmailApi:
     # -- handlers --------------------------------------------------------------------------
 
     def get_profile(self, call: Call) -> SimResponse:
+        """``users.getProfile``."""
         box = call.mailbox
         return SimResponse(
             payload={
@@ -167,11 +161,13 @@ class GmailApi:
         )
 
     def list_labels(self, call: Call) -> SimResponse:
+        """``users.labels.list``."""
         return SimResponse(
             payload={"labels": [la.to_json() for la in call.mailbox.labels.values()]}
         )
 
     def list_messages(self, call: Call) -> SimResponse:
+        """``users.messages.list``: newest first, SPAM/TRASH hidden unless asked for."""
         # ``q`` is accepted (declared on the route) but search is not simulated.
         messages, next_token, estimate = call.mailbox.list_page(
             call.params("labelIds"),
@@ -188,15 +184,17 @@ class GmailApi:
         return SimResponse(payload=payload)
 
     def get_message(self, call: Call) -> SimResponse:
+        """``users.messages.get`` in any ``format`` (default ``full``)."""
         fmt = call.param("format") or "full"
         if fmt not in _FORMATS:
             raise InputError(f"Invalid value at 'format' ({fmt})")
         if fmt in ("full", "raw") and set(call.token.scopes) <= {GMAIL_SCOPE_METADATA}:
             return google_error(403, f"Metadata scope doesn't allow format {fmt.upper()}")
         message = call.mailbox.get(call.path["id"])
-        return SimResponse(payload=message_json(message, fmt, call.params("metadataHeaders")))
+        return SimResponse(payload=message.to_json(fmt, call.params("metadataHeaders")))
 
     def get_attachment(self, call: Call) -> SimResponse:
+        """``users.messages.attachments.get``."""
         message = call.mailbox.get(call.path["messageId"])
         token = call.path["id"]
         part_id = token.rpartition(".")[2]
@@ -208,6 +206,7 @@ class GmailApi:
         return SimResponse(payload={"size": len(data), "data": b64url(data)})
 
     def list_history(self, call: Call) -> SimResponse:
+        """``users.history.list``; 404 when ``startHistoryId`` is older than the history kept."""
         start = call.param("startHistoryId")
         if not start:
             raise InputError("Missing required parameter startHistoryId")
@@ -234,6 +233,7 @@ class GmailApi:
         return SimResponse(payload=payload)
 
     def send_message(self, call: Call) -> SimResponse:
+        """``users.messages.send`` with a base64url ``raw`` body."""
         body = call.body()
         raw = body.get("raw")
         if not isinstance(raw, str) or not raw:
@@ -252,6 +252,7 @@ class GmailApi:
         )
 
     def modify_message(self, call: Call) -> SimResponse:
+        """``users.messages.modify``."""
         body = call.body()
         message = call.mailbox.modify(
             call.path["id"],
@@ -261,16 +262,20 @@ class GmailApi:
         return SimResponse(payload=_short(message))
 
     def trash_message(self, call: Call) -> SimResponse:
+        """``users.messages.trash``."""
         return SimResponse(payload=_short(call.mailbox.trash(call.path["id"])))
 
     def untrash_message(self, call: Call) -> SimResponse:
+        """``users.messages.untrash``."""
         return SimResponse(payload=_short(call.mailbox.untrash(call.path["id"])))
 
     def delete_message(self, call: Call) -> SimResponse:
+        """``users.messages.delete`` (permanent)."""
         call.mailbox.delete(call.path["id"])
         return SimResponse(status=204)
 
     def watch(self, call: Call) -> SimResponse:
+        """``users.watch``: stores the watch; push delivery is not simulated here."""
         body = call.body()
         topic = body.get("topicName")
         if not isinstance(topic, str) or not _TOPIC.match(topic):
@@ -290,35 +295,13 @@ class GmailApi:
         )
 
     def stop(self, call: Call) -> SimResponse:
+        """``users.stop``."""
         self.state.stop_watch(call.mailbox.email)
         return SimResponse(status=204)
 
 
-def message_json(message: SimMessage, fmt: str, metadata_headers: list[str]) -> dict[str, Any]:
-    """A Message resource in ``format`` (minimal, metadata, full or raw)."""
-    data: dict[str, Any] = {"id": message.id, "threadId": message.thread_id}
-    if message.label_ids:  # Google omits empty lists
-        data["labelIds"] = sorted(message.label_ids)
-    data["snippet"] = message.snippet
-    data["sizeEstimate"] = message.size_estimate
-    data["historyId"] = str(message.history_id)
-    data["internalDate"] = str(message.internal_date)
-    if fmt == "metadata":
-        headers = message.headers()
-        content_type = next((v for n, v in headers if n.lower() == "content-type"), "text/plain")
-        data["payload"] = {
-            "mimeType": content_type.split(";")[0].strip().lower(),
-            "headers": filter_headers(headers, metadata_headers),
-        }
-    elif fmt == "full":
-        data["payload"] = payload_of(message.raw(), lambda part: attachment_token(message.id, part))
-    elif fmt == "raw":
-        data["raw"] = b64url(message.raw())
-    return data
-
-
 def _short(message: SimMessage) -> dict[str, Any]:
-    return {"id": message.id, "threadId": message.thread_id, "labelIds": sorted(message.label_ids)}
+    return message.to_json("minimal", keys=("id", "threadId", "labelIds"))
 
 
 def _page_size(value: str | None) -> int:

@@ -6,7 +6,14 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from maildesk.sim.gmail_mime import MessageContent, parse_headers
+from maildesk.sim.gmail_mime import (
+    MessageContent,
+    attachment_token,
+    b64url,
+    filter_headers,
+    parse_headers,
+    payload_of,
+)
 
 SYSTEM_LABELS = (
     "INBOX", "SPAM", "TRASH", "UNREAD", "STARRED", "IMPORTANT", "SENT", "DRAFT", "CHAT",
@@ -66,6 +73,31 @@ class SimMessage:
         if self.content is not None:
             return self.content.headers()
         return parse_headers(self.raw())
+
+    def to_json(
+        self, fmt: str, metadata_headers: Collection[str] = (), *, keys: Collection[str] = ()
+    ) -> dict[str, Any]:
+        """The Message resource in ``fmt`` (minimal, metadata, full, raw); ``keys`` keeps
+        only those fields. Empty ``labelIds`` are left out, as Google leaves out empty lists."""
+        data: dict[str, Any] = {"id": self.id, "threadId": self.thread_id}
+        if self.label_ids:
+            data["labelIds"] = sorted(self.label_ids)
+        data["snippet"] = self.snippet
+        data["sizeEstimate"] = self.size_estimate
+        data["historyId"] = str(self.history_id)
+        data["internalDate"] = str(self.internal_date)
+        if fmt == "metadata":
+            headers = self.headers()
+            content_type = next((v for n, v in headers if n.lower() == "content-type"), "")
+            data["payload"] = {
+                "mimeType": content_type.split(";")[0].strip().lower() or "text/plain",
+                "headers": filter_headers(headers, metadata_headers),
+            }
+        elif fmt == "full":
+            data["payload"] = payload_of(self.raw(), lambda part: attachment_token(self.id, part))
+        elif fmt == "raw":
+            data["raw"] = b64url(self.raw())
+        return {k: v for k, v in data.items() if k in keys} if keys else data
 
 
 @dataclass(frozen=True, slots=True)

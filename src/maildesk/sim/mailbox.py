@@ -55,10 +55,12 @@ class Mailbox:
 
     @property
     def messages_total(self) -> int:
+        """How many messages the mailbox holds (SPAM and TRASH included)."""
         return len(self._messages)
 
     @property
     def threads_total(self) -> int:
+        """How many distinct threads the messages belong to."""
         return len(self._threads)
 
     def has_thread(self, thread_id: str) -> bool:

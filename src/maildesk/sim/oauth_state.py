@@ -47,10 +47,12 @@ class AccessToken:
 
     @property
     def email(self) -> str:
+        """The mailbox the token opens."""
         return self.grant.email
 
     @property
     def scopes(self) -> tuple[str, ...]:
+        """What the token allows (its grant's scopes)."""
         return self.grant.scopes
 
 

@@ -43,6 +43,14 @@ _DEFAULT_REASONS = {
     504: ("global", "backendError", "Deadline exceeded."),
 }
 
+# Reasons Google files under the ``usageLimits`` domain (403 or 429 quota answers).
+_USAGE_LIMITS = {
+    "rateLimitExceeded": "Rate Limit Exceeded",
+    "userRateLimitExceeded": "User Rate Limit Exceeded",
+    "dailyLimitExceeded": "Daily Limit Exceeded",
+    "quotaExceeded": "Quota Exceeded",
+}
+
 
 @dataclass(slots=True)
 class SimRequest:
@@ -96,6 +104,8 @@ def google_error(
     default_domain, default_reason, default_message = _DEFAULT_REASONS.get(
         status, ("global", "backendError", "Error")
     )
+    if reason in _USAGE_LIMITS:
+        default_domain, default_message = "usageLimits", _USAGE_LIMITS[reason]
     text = message or default_message
     item: dict[str, str] = {
         "domain": domain or default_domain,

@@ -228,6 +228,20 @@ changes = Table(
     Index("ix_changes_account", "account_id", "id"),
 )
 
+# What the push pipeline observed, per mailbox: deliveries, verifications, rejections, syncs
+# triggered. Feeds the realtime test timeline and explains stalls; pruned by the maintenance job.
+push_events = Table(
+    "push_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("account_id", BigId, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=True),
+    Column("provider", String(16), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_push_events_account", "account_id", "id"),
+)
+
 job_runs = Table(
     "job_runs",
     metadata,
