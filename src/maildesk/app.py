@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from maildesk.config import Settings
 from maildesk.errors import ConfigError
+from maildesk.push.routes import push_routes
 from maildesk.services import Services, open_services
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def create_app(services: Services) -> Starlette:
             return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    app = Starlette(routes=[Route("/", index), Route("/healthz", healthz)])
+    app = Starlette(routes=[Route("/", index), Route("/healthz", healthz),
+                                 *push_routes(services.gmail_webhook)])
     app.state.services = services
     return app
 

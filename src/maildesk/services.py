@@ -11,20 +11,28 @@ import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import httpx
 
 from maildesk.clock import Clock, SystemClock
 from maildesk.config import Settings
 from maildesk.live.bus import LiveBus
+from maildesk.providers.google_certs import GoogleCerts
 from maildesk.providers.http import default_client
+from maildesk.push.gmail_webhook import GmailWebhook
+from maildesk.push.manager import GmailPush, PushManager
+from maildesk.push.recorder import NotificationRecorder
 from maildesk.secretbox import SecretBox
 from maildesk.store import jobs
+from maildesk.store import push as push_store
 from maildesk.store.database import Database
 from maildesk.store.migrate import current_revision, head_revision, upgrade
 from maildesk.sync.connectors import Connectors
 from maildesk.sync.runner import SyncRunner
 from maildesk.sync.worker import PeriodicJob, Worker, new_owner_id
+
+EVENTS_KEPT = timedelta(days=7)
 
 
 @dataclass(slots=True)
@@ -37,6 +45,8 @@ class Services:
     connectors: Connectors
     runner: SyncRunner
     worker: Worker
+    push: PushManager
+    gmail_webhook: GmailWebhook
 
 
 @contextlib.asynccontextmanager
@@ -73,10 +83,20 @@ async def open_services(
         async def maintenance() -> str:
             async with db.transaction() as conn:
                 removed = await jobs.prune(conn)
-            return f"pruned {removed} job runs"
+                events = await push_store.prune_events(conn, clock.now() - EVENTS_KEPT)
+            return f"pruned {removed} job runs, {events} push events"
 
-        worker = Worker(
-            db=db, clock=clock, settings=settings, runner=runner,
-            periodic=[PeriodicJob("maintenance", 3600.0, maintenance)],
+        worker = Worker(db=db, clock=clock, settings=settings, runner=runner)
+        certs = GoogleCerts(connectors.http, settings.google_certs_url, clock)
+        recorder = NotificationRecorder(db, clock, worker.wake)
+        gmail_webhook = GmailWebhook(db=db, clock=clock, keys=certs, recorder=recorder)
+        push = PushManager(
+            db=db, clock=clock, settings=settings, adapters=[GmailPush(connectors)],
+            wake=worker.wake, on_config_change=gmail_webhook.invalidate,
         )
-        yield Services(settings, db, clock, bus, secrets, connectors, runner, worker)
+        worker.periodic += [
+            PeriodicJob("push-renewal", settings.push_renewal_interval, push.run_job),
+            PeriodicJob("maintenance", 3600.0, maintenance),
+        ]
+        yield Services(settings, db, clock, bus, secrets, connectors, runner, worker, push,
+                       gmail_webhook)

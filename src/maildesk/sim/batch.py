@@ -82,10 +82,9 @@ def _parse_part(piece: bytes) -> BatchPart:
 def _parse_request(embedded: bytes) -> SimRequest:
     embedded = embedded.lstrip(b"\r\n")
     split = _BLANK_LINE.search(embedded)
-    head, body = (embedded, b"") if split is None else (
-        embedded[: split.start()],
-        embedded[split.end() :],
-    )  # fmt: skip
+    head, body = embedded, b""
+    if split is not None:
+        head, body = embedded[: split.start()], embedded[split.end() :]
     request_line, _, header_block = head.partition(b"\n")
     words = request_line.decode("latin-1").strip().split()
     if len(words) not in (2, 3) or not words[0].isalpha():

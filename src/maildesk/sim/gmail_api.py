@@ -237,8 +237,10 @@ class GmailApi:
         body = call.body()
         raw = body.get("raw")
         if not isinstance(raw, str) or not raw:
-            raise InputError("'raw' RFC822 payload message string or uploading message via "
-                             "/upload/* URL required")  # fmt: skip
+            raise InputError(
+                "'raw' RFC822 payload message string or uploading message via /upload/* URL "
+                "required"
+            )
         try:
             data = b64url_decode(raw)
         except ValueError:

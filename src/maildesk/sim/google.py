@@ -8,6 +8,7 @@ production code never imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable
 
@@ -42,6 +43,7 @@ def create_google_app(
         state.set_latency(latency_ms)
     gmail = GmailApi(state)
     oauth = OAuthEndpoints(state)
+    gmail_only = _gmail_only(gmail)
     boundaries = itertools.count(1)
 
     async def run(request: Request, handler: Handler, *, oauth_shape: bool) -> Response:
@@ -75,11 +77,8 @@ def create_google_app(
             # The outer request's headers (Authorization) apply unless the part overrides them.
             headers = {k: v for k, v in outer.headers.items() if k == "authorization"}
             headers.update(part.request.headers)
-            sub = SimRequest(
-                part.request.method, part.request.path, part.request.query, headers,
-                part.request.body,
-            )  # fmt: skip
-            answer = await state.faults.run(sub, _gmail_only(gmail), global_latency=False)
+            sub = dataclasses.replace(part.request, headers=headers)
+            answer = await state.faults.run(sub, gmail_only, global_latency=False)
             answers.append((part.content_id, answer))
         boundary = f"batch_sim{next(boundaries):012d}"
         return SimResponse(

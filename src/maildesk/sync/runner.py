@@ -19,12 +19,15 @@ from maildesk.clock import Clock
 from maildesk.config import Settings
 from maildesk.domain.accounts import AccountState
 from maildesk.domain.backoff import Backoff
+from maildesk.domain.push import PushState, state_after_catch_up
 from maildesk.errors import AuthError, LeaseLost, MailDeskError, TransientError
 from maildesk.live.bus import LiveBus
 from maildesk.store import accounts as account_store
 from maildesk.store import jobs
+from maildesk.store import push as push_store
 from maildesk.store.accounts import Claim
 from maildesk.store.database import Database
+from maildesk.store.push import SubscriptionRow
 from maildesk.sync.connectors import Connectors
 from maildesk.sync.context import SyncContext
 
@@ -76,6 +79,14 @@ class SyncRunner:
                 await account_store.update_fields(
                     conn, account.id, state=AccountState.SYNCING.value
                 )
+            pushes = [p for p in await push_store.for_account(conn, account.id)
+                      if p.sub.state is not PushState.STOPPED]
+            if pushes:
+                # Checkpoint 3 of the realtime timeline: a sync ran for this mailbox.
+                await push_store.add_events(conn, [{
+                    "account_id": account.id, "provider": p.sub.provider.value,
+                    "kind": "sync_started", "detail": claim.reason, "at": started,
+                } for p in pushes])
         ctx = SyncContext(self.db, self.clock, self.bus, claim.account_id, self.owner, self.lease)
         values: dict[str, Any]
         try:
@@ -95,11 +106,13 @@ class SyncRunner:
             result, values = self._failure(account.failure_count, err, ctx)
         else:
             now = self.clock.now()
+            push_healthy = await self._settle_push(pushes, ctx)
+            interval = (self.settings.safety_poll_interval if push_healthy
+                        else self.settings.poll_interval)
             values = {
                 "state": AccountState.OK.value, "last_error_kind": None, "last_error": None,
                 "last_error_at": None, "failure_count": 0, "retry_at": None,
-                "last_sync_at": now,
-                "next_poll_at": now + timedelta(seconds=self.settings.poll_interval),
+                "last_sync_at": now, "next_poll_at": now + timedelta(seconds=interval),
             }
             result = SyncResult(account.id, "ok", None, None, ctx.stats.summary())
         async with self.db.transaction() as conn:
@@ -109,6 +122,21 @@ class SyncRunner:
             )
         await self._finish(run_id, started, result)
         return result
+
+    async def _settle_push(self, pushes: list[SubscriptionRow], ctx: SyncContext) -> bool:
+        """After a successful sync: a recovering subscription whose catch-up found nothing missed
+        is active again. Returns whether push is healthy (then only the safety sweep polls)."""
+        missed = ctx.stats.added + ctx.stats.updated + ctx.stats.removed
+        healthy = False
+        for row in pushes:
+            state = state_after_catch_up(row.sub, missed)
+            if state is not row.sub.state:
+                async with self.db.transaction() as conn:
+                    await push_store.upsert(conn, account_id=row.sub.account_id,
+                                            provider=row.sub.provider, now=self.clock.now(),
+                                            state=state.value)
+            healthy = healthy or state is PushState.ACTIVE
+        return healthy
 
     def _failure(
         self, failures: int, exc: MailDeskError, ctx: SyncContext
