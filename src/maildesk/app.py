@@ -17,12 +17,15 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from maildesk.api.v1 import api_routes
 from maildesk.config import Settings
 from maildesk.errors import ConfigError
 from maildesk.push.routes import push_routes
 from maildesk.services import Services, open_services
+from maildesk.web.access import AccessPolicy
+from maildesk.web.routes import web_routes
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,10 @@ _INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <h1>MailDesk is running</h1><p>Health: <a href="/healthz">/healthz</a></p></body></html>"""
 
 
-def create_app(services: Services) -> Starlette:
+def create_app(services: Services, *, access: AccessPolicy | None = None) -> Starlette:
+    """The ASGI app. The mailbox pages and their websocket are mounted only with an ``access``
+    policy: until sign-in exists, a plain ``maildesk serve`` exposes no mail at all."""
+
     async def index(request: Request) -> Response:
         return HTMLResponse(_INDEX)
 
@@ -44,8 +50,14 @@ def create_app(services: Services) -> Starlette:
             return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    app = Starlette(routes=[Route("/", index), Route("/healthz", healthz),
-                                 *push_routes(services.gmail_webhook)])
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz), *push_routes(services.gmail_webhook), *api_routes(),
+    ]
+    if access is None:
+        routes.append(Route("/", index))
+    else:
+        routes += web_routes(services, access)
+    app = Starlette(routes=routes)
     app.state.services = services
     return app
 

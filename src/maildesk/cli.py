@@ -18,9 +18,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from maildesk import mailboxes
+from maildesk.api import tokens as api_tokens
 from maildesk.config import Settings
+from maildesk.domain.accounts import ProviderKind
 from maildesk.errors import InputError, MailDeskError
 from maildesk.passwords import MIN_LENGTH, hash_password
+from maildesk.push.manager import gmail_push_settings
+from maildesk.push.status import push_status
 from maildesk.services import open_services
 from maildesk.store import jobs as job_store
 from maildesk.store import users as user_store
@@ -62,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--password", required=True)
     create.add_argument("--admin", action="store_true")
 
+    token = user.add_parser("token", help="issue an API token (replaces the previous one)")
+    token.add_argument("--email", required=True)
+
     account = sub.add_parser("account", help="manage mailboxes").add_subparsers(
         dest="account_command", required=True, parser_class=_Parser)
     add = account.add_parser("add-gmail", help="connect a Gmail mailbox from a refresh token")
@@ -76,6 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     remove = account.add_parser("remove", help="disconnect a mailbox and delete its local data")
     remove.add_argument("account")
     remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    push = sub.add_parser("push", help="realtime push subscriptions").add_subparsers(
+        dest="push_command", required=True, parser_class=_Parser)
+    status = push.add_parser("status", help="every push subscription and its health")
+    status.add_argument("--json", action="store_true")
+    push.add_parser("renew-due", help="renew subscriptions that are due now")
+    gmail = push.add_parser("gmail", help="Gmail push (Pub/Sub)").add_subparsers(
+        dest="gmail_command", required=True, parser_class=_Parser)
+    enable = gmail.add_parser("enable", help="register a Gmail watch for a mailbox")
+    enable.add_argument("account")
+    enable.add_argument("--project", required=True, help="Google Cloud project id")
+    enable.add_argument("--topic", required=True,
+                        help="Pub/Sub topic: NAME or projects/PROJECT/topics/NAME")
+    enable.add_argument("--audience", required=True, help="OIDC audience of the push")
+    enable.add_argument("--signer", action="append", required=True,
+                        help="service-account email allowed to sign pushes (repeatable)")
+    disable = gmail.add_parser("disable", help="stop the mailbox's Gmail watch")
+    disable.add_argument("account")
 
     jobs = sub.add_parser("jobs", help="scheduled jobs: last run, duration, status, error")
     jobs.add_argument("--json", action="store_true")
@@ -106,8 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command_key(args: argparse.Namespace) -> str:
-    sub = getattr(args, f"{args.command}_command", None)
-    return f"{args.command} {sub}" if sub else str(args.command)
+    parts = [str(args.command)]
+    while (sub := getattr(args, f"{parts[-1]}_command", None)) is not None:
+        parts.append(str(sub))
+    return " ".join(parts)
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -150,6 +177,55 @@ async def _user_create(args: argparse.Namespace, settings: Settings) -> int:
         uid = await user_store.create(conn, email=email, password_hash=hash_password(
             args.password), is_admin=args.admin, now=s.clock.now())
     print(f"created {'admin' if args.admin else 'user'} {email} (id {uid})")
+    return 0
+
+
+async def _user_token(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s, s.db.transaction() as conn:
+        token = await api_tokens.issue(conn, args.email.strip().lower())
+    print(token)
+    return 0
+
+
+async def _push_status(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s:
+        rows = await push_status(s.db)
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], indent=2))
+    else:
+        _print_table([{
+            "account": r.account_id, "email": r.email, "provider": r.provider,
+            "state": r.state, "expires": r.expiration, "last_notification": r.last_notification_at,
+            "failures": r.failure_count, "last_error": r.last_error,
+        } for r in rows], ["account", "email", "provider", "state", "expires",
+                           "last_notification", "failures", "last_error"])
+    return 0
+
+
+async def _push_renew_due(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s:
+        print(await s.push.renew_due())
+    return 0
+
+
+async def _push_gmail_enable(args: argparse.Namespace, settings: Settings) -> int:
+    push_settings = gmail_push_settings(project=args.project, topic=args.topic,
+                                        audience=args.audience, signers=args.signer)
+    async with open_services(settings) as s:
+        account = await mailboxes.find(s, args.account)
+        row = await s.push.enable(account.id, ProviderKind.GMAIL, push_settings)
+    expires = row.sub.expiration.isoformat() if row.sub.expiration else "?"
+    print(f"Gmail push active for {account.email}: watch on {row.sub.resource}, "
+          f"historyId {row.sub.subscription_id}, expires {expires}")
+    return 0
+
+
+async def _push_gmail_disable(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s:
+        account = await mailboxes.find(s, args.account)
+        await s.push.disable(account.id, ProviderKind.GMAIL)
+    print(f"Gmail push stopped for {account.email}; it is polled every "
+          f"{settings.poll_interval:g} s")
     return 0
 
 
@@ -261,6 +337,11 @@ _HANDLERS: dict[str, Handler] = {
     "demo": _demo,
     "migrate": _migrate,
     "user create": _user_create,
+    "user token": _user_token,
+    "push status": _push_status,
+    "push renew-due": _push_renew_due,
+    "push gmail enable": _push_gmail_enable,
+    "push gmail disable": _push_gmail_disable,
     "account add-gmail": _account_add_gmail,
     "account list": _account_list,
     "account sync": _account_sync,

@@ -29,6 +29,7 @@ from maildesk.sim.google import create_google_app
 from maildesk.sim.server import serve_app
 from maildesk.store import accounts as account_store
 from maildesk.store.tables import messages
+from maildesk.web.access import AllowAllInDemo
 
 log = logging.getLogger("maildesk.demo")
 
@@ -85,7 +86,8 @@ async def run_demo(
                     group.create_task(_progress(services, account_id, stop))
                     if duration > 0:
                         group.create_task(_stop_after(duration, stop))
-                    await serve_until(create_app(services), services, stop)
+                    await serve_until(create_app(services, access=AllowAllInDemo()), services,
+                                      stop)
 
 
 def _fresh_data_dir(data_dir: Path) -> Path:

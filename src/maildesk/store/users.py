@@ -10,7 +10,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from maildesk.errors import InputError, NotFound
-from maildesk.store.tables import users
+from maildesk.store.tables import account_users, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +46,13 @@ async def by_email(conn: AsyncConnection, email: str) -> UserRow:
 
 async def list_all(conn: AsyncConnection) -> list[UserRow]:
     return [_row(r) for r in await conn.execute(select(users).order_by(users.c.id))]
+
+
+async def visible_accounts(conn: AsyncConnection, user: UserRow) -> frozenset[int] | None:
+    """The mailboxes a user may see: all for an administrator (None), else those shared."""
+    if user.is_admin:
+        return None
+    rows = await conn.execute(
+        select(account_users.c.account_id).where(account_users.c.user_id == user.id)
+    )
+    return frozenset(int(a) for a in rows.scalars())
