@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from maildesk.domain.accounts import AccountState, ProviderKind
-from maildesk.errors import InputError
+from maildesk.domain.push import PushState
+from maildesk.errors import InputError, MailDeskError
 from maildesk.providers.http import TokenSource
 from maildesk.services import Services
 from maildesk.store import accounts as account_store
+from maildesk.store import push as push_store
 from maildesk.store.accounts import AccountRow
 from maildesk.sync.runner import SyncResult
 
@@ -82,6 +85,13 @@ async def reconnect_gmail(services: Services, account_id: int, *, refresh_token:
                                           last_error=None, last_error_kind=None)
     services.connectors.forget_tokens(account_id)
     services.worker.wake()
+    # Realtime resumes at once: a watch that failed for want of a valid token is re-registered
+    # now rather than at the next renewal run (which would also retry it).
+    async with services.db.read() as conn:
+        row = await push_store.get(conn, account_id, ProviderKind.GMAIL)
+    if row is not None and row.sub.state is PushState.ERROR:
+        with contextlib.suppress(MailDeskError):
+            await services.push.renew_account(account_id, ProviderKind.GMAIL)
 
 
 async def summaries(services: Services) -> list[AccountSummary]:
