@@ -49,7 +49,7 @@ from tests.support.harness import CLIENT_ID, CLIENT_SECRET
 from tests.support.sim_thread import ThreadedServer, serve_in_thread
 
 ALICE = "alice@example.com"
-SEEDED = 300
+SEEDED = 200
 
 
 # ------------------------------------------------------------------------------ plumbing
@@ -122,13 +122,21 @@ def base_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 @pytest.fixture
+def db_env(
+    base_env: dict[str, str], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """``base_env`` on the database of ``db_url`` (both backends)."""
+    monkeypatch.setenv("MAILDESK_DATABASE_URL", db_url)
+    return {**base_env, "MAILDESK_DATABASE_URL": db_url}
+
+
+@pytest.fixture
 def cli_env(
-    base_env: dict[str, str], db_url: str, google: Sim, monkeypatch: pytest.MonkeyPatch
+    db_env: dict[str, str], google: Sim, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:
     """The whole environment of a MailDesk on ``db_url`` that talks to the simulator."""
     env = {
-        **base_env,
-        "MAILDESK_DATABASE_URL": db_url,
+        **db_env,
         "MAILDESK_GOOGLE_CLIENT_ID": CLIENT_ID,
         "MAILDESK_GOOGLE_CLIENT_SECRET": CLIENT_SECRET,
         "MAILDESK_GOOGLE_TOKEN_URL": f"{google.url}/token",
@@ -236,12 +244,9 @@ def test_bad_arguments_are_one_line_and_exit_2(
 
 def test_bad_arguments_through_the_console_script(base_env: dict[str, str]) -> None:
     # The real exit status and stderr of the installed script (the others run in-process).
-    for argv, fragment in (
-        (["frobnicate"], "invalid choice"),
-        (["serve", "--port", "abc"], "invalid int value: 'abc'"),
-    ):
-        proc = run_script(base_env, *argv)
-        assert_error(Result(proc.returncode, proc.stdout, proc.stderr), 2, fragment)
+    proc = run_script(base_env, "serve", "--port", "abc")
+    result = Result(proc.returncode, proc.stdout, proc.stderr)
+    assert_error(result, 2, "maildesk serve: error:", "invalid int value: 'abc'")
 
 
 # ------------------------------------------------------------------------------ settings
@@ -308,11 +313,19 @@ def test_migrate_creates_the_default_sqlite_store(base_env: dict[str, str], cli:
     assert assert_ok(cli("account", "list", "--json")).json() == []
 
 
-def test_migrate_on_each_backend(cli_env: dict[str, str], cli: Cli) -> None:
+def test_migrate_on_each_backend(db_env: dict[str, str], cli: Cli) -> None:
     out = assert_ok(cli("migrate")).out
     revision = out.strip().removeprefix("database at revision ")
-    assert revision and revision != "None", out
+    assert revision, out
+    assert revision != "None", out
     assert assert_ok(cli("migrate")).out == out
+
+
+def test_every_listing_command_takes_json(db_env: dict[str, str], cli: Cli) -> None:
+    # DESIGN.md §7: scripts rely on --json of account list, push status and jobs.
+    for command in (["account", "list"], ["push", "status"], ["jobs"]):
+        assert assert_ok(cli(*command, "--json")).json() == [], command
+        assert assert_ok(cli(*command)).out.strip() == "(none)", command
 
 
 # ------------------------------------------------------------------------------ users
@@ -328,7 +341,7 @@ def _users(db_url: str) -> list[user_store.UserRow]:
     return asyncio.run(load())
 
 
-def test_user_create(cli_env: dict[str, str], cli: Cli) -> None:
+def test_user_create(db_env: dict[str, str], cli: Cli) -> None:
     out = assert_ok(cli("user", "create", "--email", "Admin@Example.com",
                         "--password", "correct horse", "--admin")).out
     assert out.startswith("created admin admin@example.com (id ")
@@ -336,7 +349,7 @@ def test_user_create(cli_env: dict[str, str], cli: Cli) -> None:
                         "--password", "battery staple")).out
     assert out.startswith("created user bob@example.com (id ")
 
-    users = {u.email: u for u in _users(cli_env["MAILDESK_DATABASE_URL"])}
+    users = {u.email: u for u in _users(db_env["MAILDESK_DATABASE_URL"])}
     assert set(users) == {"admin@example.com", "bob@example.com"}
     assert users["admin@example.com"].is_admin
     assert not users["bob@example.com"].is_admin
@@ -344,8 +357,8 @@ def test_user_create(cli_env: dict[str, str], cli: Cli) -> None:
     assert "battery staple" not in users["bob@example.com"].password_hash
 
 
-def test_user_create_refusals(cli_env: dict[str, str], cli: Cli) -> None:
-    db_url = cli_env["MAILDESK_DATABASE_URL"]
+def test_user_create_refusals(db_env: dict[str, str], cli: Cli) -> None:
+    db_url = db_env["MAILDESK_DATABASE_URL"]
     short = cli("user", "create", "--email", "bob@example.com", "--password", "short")
     assert_error(short, 1, "password", "at least 8")
     assert short.out == ""
@@ -447,7 +460,7 @@ class _Terminal(io.StringIO):
 
 
 def test_remove_asks_on_a_terminal(
-    cli_env: dict[str, str], cli: Cli, monkeypatch: pytest.MonkeyPatch
+    db_env: dict[str, str], cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # --no-verify stores the token without asking the provider: nothing to sync here.
     assert_ok(cli("account", "add-gmail", "--email", ALICE, "--refresh-token", "1//x",
@@ -508,7 +521,7 @@ def test_a_sync_whose_grant_was_revoked_fails_and_says_so(
     assert "oauth_invalid" in job["error"]
 
 
-def test_an_unknown_account_is_one_line_and_exit_1(cli_env: dict[str, str], cli: Cli) -> None:
+def test_an_unknown_account_is_one_line_and_exit_1(db_env: dict[str, str], cli: Cli) -> None:
     for ref in ("999", "nobody@example.com"):
         assert_error(cli("account", "sync", ref), 1, "no account", ref)
         assert_error(cli("account", "remove", ref, "--yes"), 1, "no account", ref)
@@ -529,3 +542,24 @@ def test_the_console_script_syncs_a_mailbox(
     assert (listed.returncode, listed.stderr) == (0, ""), listed
     [account] = json.loads(listed.stdout)
     assert (account["email"], account["state"], account["messages"]) == (ALICE, "ok", 25)
+
+
+# ------------------------------------------------------------------------------ known gaps
+# Strict xfails: each passes once the fix proposed with it lands; then drop the marker.
+@pytest.mark.xfail(strict=True, reason="connection errors of the store escape main() raw")
+def test_an_unreachable_database_is_one_line(
+    base_env: dict[str, str], cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Port 1 on loopback: refused at once, no server there.
+    monkeypatch.setenv("MAILDESK_DATABASE_URL", "postgresql+asyncpg://maildesk@127.0.0.1:1/x")
+    assert_error(cli("account", "list"), 1, "database")
+
+
+@pytest.mark.xfail(strict=True, reason="OSError from the data folder escapes main() raw")
+def test_a_data_dir_that_is_a_file_is_one_line_naming_it(
+    base_env: dict[str, str], cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("MAILDESK_DATA_DIR", str(not_a_folder))
+    assert_error(cli("account", "list"), 1, "MAILDESK_DATA_DIR")

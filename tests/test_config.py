@@ -271,8 +271,6 @@ def test_the_default_database_is_a_sqlite_file_in_the_data_folder(tmp_path: Path
 
 
 # ------------------------------------------------------------------------------ known gaps
-# Strict xfails: each passes once the fix proposed in the report lands; then drop the marker.
-@pytest.mark.xfail(strict=True, reason="describe() prints the password inside DATABASE_URL")
 def test_describe_masks_the_password_in_the_database_url() -> None:
     url = "postgresql+asyncpg://maildesk:hunter2@db.internal:5432/maildesk"
     shown = Settings(database_url=url).describe()["MAILDESK_DATABASE_URL"]
@@ -280,16 +278,13 @@ def test_describe_masks_the_password_in_the_database_url() -> None:
     assert "db.internal" in shown
 
 
-@pytest.mark.xfail(strict=True, reason="log_level is not validated; logging raises ValueError")
 def test_an_unknown_log_level_names_the_variable() -> None:
     assert _error({"MAILDESK_LOG_LEVEL": "LOUD"}).field == "MAILDESK_LOG_LEVEL"
 
 
-@pytest.mark.xfail(strict=True, reason="nan passes the `<= 0` check")
 def test_a_nan_duration_names_the_variable() -> None:
     assert _error({"MAILDESK_POLL_INTERVAL": "nan"}).field == "MAILDESK_POLL_INTERVAL"
 
 
-@pytest.mark.xfail(strict=True, reason="the port range is not validated")
 def test_a_port_out_of_range_names_the_variable() -> None:
     assert _error({"MAILDESK_PORT": "99999"}).field == "MAILDESK_PORT"

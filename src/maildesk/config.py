@@ -9,6 +9,8 @@ Durations are in seconds.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 import secrets
 import tomllib
@@ -189,10 +191,18 @@ class Settings:
                 raise ConfigError(env_name(name), f"not an http(s) URL: {value!r}")
         if self.base_url.endswith("/"):
             raise ConfigError(env_name("base_url"), "must not end with a slash")
-        for name in ("poll_interval", "lease_seconds", "worker_tick", "http_timeout",
-                     "push_silence_threshold", "push_renewal_interval"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(env_name(name), "must be greater than 0")
+        for name in ("poll_interval", "safety_poll_interval", "lease_seconds", "worker_tick",
+                     "http_timeout", "http_connect_timeout", "push_silence_threshold",
+                     "push_renewal_interval"):
+            value = getattr(self, name)
+            # `not value > 0` also refuses NaN, which every comparison answers False to.
+            if not math.isfinite(value) or not value > 0:
+                raise ConfigError(env_name(name), "must be a finite number greater than 0")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(env_name("port"), "must be between 1 and 65535")
+        if logging.getLevelName(self.log_level.upper()) not in _LEVELS:
+            raise ConfigError(env_name("log_level"),
+                              "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         if self.worker_concurrency < 1:
             raise ConfigError(env_name("worker_concurrency"), "must be at least 1")
 
@@ -201,8 +211,22 @@ class Settings:
         out: dict[str, str] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[env_name(f.name)] = "***" if f.metadata.get("secret") and value else str(value)
+            shown = "***" if f.metadata.get("secret") and value else str(value)
+            if f.name == "database_url" and value:
+                shown = _mask_url_password(value)
+            out[env_name(f.name)] = shown
         return out
+
+
+_LEVELS = {logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL}
+
+
+def _mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def env_name(field_name: str) -> str:

@@ -45,5 +45,5 @@ class SecretBox:
         """Re-encrypt ``token`` with the newest key."""
         try:
             return self._fernet.rotate(token.encode("ascii")).decode("ascii")
-        except InvalidToken as exc:
+        except (InvalidToken, UnicodeError) as exc:
             raise ConfigError("MAILDESK_SECRET_KEY", _UNDECRYPTABLE) from exc

@@ -21,6 +21,7 @@ from maildesk.sim.gmail_mime import parse_headers
 from maildesk.sim.gmail_objects import SimMessage, Watch
 from maildesk.sim.mailbox import Listener, Mailbox
 from maildesk.sim.oauth_state import OAuthClient, OAuthRegistry
+from maildesk.sim.pubsub import PubSub
 from maildesk.sim.seed import seed_mailbox
 
 WATCH_DAYS = 7
@@ -48,12 +49,25 @@ class GoogleState:
         self.faults = FaultInjector(faults, latency_ms)
         self.mailboxes: dict[str, Mailbox] = {}
         self._listeners: list[Listener] = []
+        self._pubsub: PubSub | None = None
 
     # -- time ------------------------------------------------------------------------------
 
     def now_ms(self) -> int:
         """The clock's time in epoch milliseconds."""
         return int(self.clock.now().timestamp() * 1000)
+
+    # -- Pub/Sub push ----------------------------------------------------------------------
+
+    @property
+    def pubsub(self) -> PubSub:
+        """The Pub/Sub model pushing this state's Gmail notifications (``maildesk.sim.pubsub``),
+        with the OIDC signing keys as ``pubsub.keys``. Created (and subscribed to every mailbox
+        change) on first use, so a state that never pushes never generates RSA keys."""
+        if self._pubsub is None:
+            self._pubsub = PubSub(self.clock, lookup=self.mailboxes.get)
+            self.subscribe(self._pubsub.on_change)
+        return self._pubsub
 
     # -- OAuth -----------------------------------------------------------------------------
 
@@ -235,7 +249,10 @@ class GoogleState:
             expiration_ms=self.now_ms() + WATCH_DAYS * 86_400_000,
             history_id=mailbox.history_id,
         )
-        return mailbox.watch
+        watch = mailbox.watch
+        if self._pubsub is not None:
+            self._pubsub.watch_started(email)  # a successful watch notifies at once
+        return watch
 
     def stop_watch(self, email: str) -> None:
         """Remove the mailbox's push watch."""

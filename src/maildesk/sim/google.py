@@ -8,10 +8,13 @@ production code never imports it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import itertools
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,18 +27,28 @@ from maildesk.sim.gmail_api import GmailApi
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.google_control import control_routes
 from maildesk.sim.oauth_endpoints import OAuthEndpoints
+from maildesk.sim.pubsub_control import certs_v1, certs_v3
 from maildesk.sim.wire import SimRequest, SimResponse, google_error
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def create_google_app(
-    state: GoogleState, *, faults: Iterable[FaultRule] = (), latency_ms: float | None = None
+    state: GoogleState,
+    *,
+    faults: Iterable[FaultRule] = (),
+    latency_ms: float | None = None,
+    deliver_pushes: bool = False,
 ) -> Starlette:
     """A Starlette app serving ``state``. ``faults`` are added to ``state.faults`` and
     ``latency_ms`` (if given) sets its global latency; both can change later through
     ``state.add_fault``/``state.set_latency`` or ``/_sim/faults``. ``app.state.google`` is
     ``state``.
+
+    The app also serves Google's OIDC certs (``/oauth2/v1/certs``, ``/oauth2/v3/certs``) for the
+    Pub/Sub push tokens. With ``deliver_pushes`` the app's lifespan runs ``state.pubsub``'s
+    deliverer over a real ``httpx.AsyncClient`` (for a simulator served by uvicorn; in-process
+    tests run ``state.pubsub.running(client)`` themselves).
     """
     for rule in faults:
         state.add_fault(rule)
@@ -89,6 +102,17 @@ def create_google_app(
     async def batch(request: Request) -> Response:
         return await run(request, batch_handler, oauth_shape=False)
 
+    async def certs_v1_route(request: Request) -> Response:
+        return await run(request, functools.partial(certs_v1, state), oauth_shape=False)
+
+    async def certs_v3_route(request: Request) -> Response:
+        return await run(request, functools.partial(certs_v3, state), oauth_shape=False)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with httpx.AsyncClient() as client, state.pubsub.running(client):
+            yield
+
     app = Starlette(
         routes=[
             Route("/token", token, methods=["POST"]),
@@ -98,8 +122,11 @@ def create_google_app(
             # The discovery document's batchPath: what google-api-python-client posts to.
             Route("/batch", batch, methods=["POST"]),
             Route("/gmail/v1/{rest:path}", gmail_call, methods=_METHODS),
+            Route("/oauth2/v1/certs", certs_v1_route, methods=["GET"]),
+            Route("/oauth2/v3/certs", certs_v3_route, methods=["GET"]),
             Mount("/_sim", routes=control_routes(state)),
-        ]
+        ],
+        lifespan=lifespan if deliver_pushes else None,
     )
     app.state.google = state
     return app

@@ -2,6 +2,8 @@
 
 For the demo and benchmarks, which drive a simulator running in another process. Answers are
 JSON; an unknown mailbox or message is 404 and bad input 400, both as ``{"error": "..."}``.
+The ``/pubsub/...`` routes (push subscriptions, push faults, the delivery log) come from
+``maildesk.sim.pubsub_control``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from starlette.routing import Route
 from maildesk.errors import InputError, NotFound
 from maildesk.sim.faults import FaultRule
 from maildesk.sim.gmail_state import GoogleState
+from maildesk.sim.pubsub_control import pubsub_routes
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -193,6 +196,7 @@ def control_routes(state: GoogleState) -> list[Route]:
         Route("/faults", endpoint(list_faults), methods=["GET"]),
         Route("/faults", endpoint(add_faults), methods=["POST"]),
         Route("/faults", endpoint(clear_faults), methods=["DELETE"]),
+        *pubsub_routes(state),
     ]
 
 

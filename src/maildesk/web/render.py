@@ -53,12 +53,17 @@ SECURITY_HEADERS = {
 FRAME_SANDBOX = "allow-popups allow-popups-to-escape-sandbox"
 
 _FRAME_BODY_STYLE = (
-    "margin:0;padding:20px 24px;font:15px/1.55 system-ui,-apple-system,'Segoe UI',Roboto,"
+    "margin:0;padding:20px 28px;font:15px/1.55 system-ui,-apple-system,'Segoe UI',Roboto,"
     "'Helvetica Neue',Arial,sans-serif;color:#1f2328;background:#fff;word-wrap:break-word;"
     "overflow-wrap:anywhere"
 )
 _TEXT_STYLE = "white-space:pre-wrap;font:inherit;margin:0"
 _REMOTE_IMAGE = re.compile(r"<img\b[^>]*\bsrc\s*=\s*[\"']?\s*(?:https?:)?//", re.IGNORECASE)
+
+STATE_LABELS = {
+    "new": "New", "syncing": "Syncing", "ok": "OK", "degraded": "Retrying",
+    "reauth_required": "Reconnect needed", "error": "Error",
+}
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -123,7 +128,7 @@ def _environment() -> jinja2.Environment:
     )
     env.filters.update(short_date=short_date, long_date=long_date, addresses=addresses,
                        file_size=file_size)
-    env.globals.update(frame_sandbox=FRAME_SANDBOX)
+    env.globals.update(frame_sandbox=FRAME_SANDBOX, state_labels=STATE_LABELS)
     return env
 
 

@@ -12,7 +12,7 @@
   var statusEl = document.getElementById("live-status");
 
   // ---------------------------------------------------------------- dates (local time)
-  var fmtTime = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+  var fmtTime = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
   var fmtDay = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
   var fmtFull = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "short", day: "numeric" });
   var fmtLong = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "short" });
