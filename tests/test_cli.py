@@ -257,6 +257,7 @@ def test_settings_json_masks_secrets(
     monkeypatch.setenv("MAILDESK_GOOGLE_CLIENT_SECRET", "google-shh")
     monkeypatch.setenv("MAILDESK_GOOGLE_CLIENT_ID", "visible-client-id")
     monkeypatch.setenv("MAILDESK_POLL_INTERVAL", "60")
+    monkeypatch.setenv("MAILDESK_DATABASE_URL", "postgresql+asyncpg://md:pg-shh@db:5432/md")
     result = assert_ok(cli("settings", "--json"))
     shown = result.json()
     assert shown["MAILDESK_SECRET_KEY"] == "***"
@@ -265,12 +266,14 @@ def test_settings_json_masks_secrets(
     assert shown["MAILDESK_GOOGLE_CLIENT_ID"] == "visible-client-id"
     assert shown["MAILDESK_POLL_INTERVAL"] == "60.0"
     assert shown["MAILDESK_DATA_DIR"] == base_env["MAILDESK_DATA_DIR"]
-    for secret in ("sk-newest", "sk-older", "google-shh"):
+    assert shown["MAILDESK_DATABASE_URL"] == "postgresql+asyncpg://md:***@db:5432/md"
+    for secret in ("sk-newest", "sk-older", "google-shh", "pg-shh"):
         assert secret not in result.out
 
     text = assert_ok(cli("settings")).out
     assert "MAILDESK_SECRET_KEY=***" in text.splitlines()
     assert "google-shh" not in text
+    assert "pg-shh" not in text
 
 
 def test_settings_from_a_config_file_with_the_environment_winning(

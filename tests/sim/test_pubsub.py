@@ -401,9 +401,16 @@ async def test_reorder_fault_sends_a_message_after_the_next_one(world: World) ->
     world.add()
     second = world.history_id
     assert [payload(p)["historyId"] for p in await world.settle()] == [second, first]
-    world.pubsub.inject(reorder=1)
-    world.add()  # nothing follows: drain releases it
+    world.pubsub.inject(reorder=2)
+    world.add()  # nothing follows: drain releases it (and does not hold it again)
     assert len(await world.settle()) == 1
+    assert world.pubsub.faults.reorder == 1
+    ids = []
+    for _ in range(4):
+        world.add()
+        ids.append(world.history_id)
+        world.clock.advance(2)
+    assert [payload(p)["historyId"] for p in await world.settle()] == [ids[1], ids[0], *ids[2:]]
 
 
 async def test_reorder_holds_while_the_deliverer_idles(world: World) -> None:

@@ -27,6 +27,7 @@ from maildesk.store.tables import folders, message_folders, messages
 from maildesk.sync.runner import SyncResult
 
 SIM = "http://sim"
+MAILDESK = "http://maildesk"
 CLIENT_ID = "maildesk-test-client"
 CLIENT_SECRET = "maildesk-test-secret"
 
@@ -42,6 +43,7 @@ def sim_settings(data_dir: Path, db_url: str, **overrides: Any) -> Settings:
         google_revoke_url=f"{SIM}/revoke",
         google_authorize_url=f"{SIM}/o/oauth2/v2/auth",
         gmail_api_url=SIM,
+        google_certs_url=f"{SIM}/oauth2/v1/certs",
         prefetch_bodies=5,
     )
     return base.replace(**overrides)
@@ -97,6 +99,25 @@ class Harness:
                           owner=owner, rng=random.Random(4), migrate=False) as services,
         ):
             yield services
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[httpx.AsyncClient]:
+        """MailDesk's app reachable in-process (yielded client), the simulator's Pub/Sub
+        delivering to it, and the worker serving in the background, until the block ends."""
+        from maildesk.app import create_app
+
+        app_transport = httpx.ASGITransport(app=create_app(self.services))
+        stop = asyncio.Event()
+        async with (
+            httpx.AsyncClient(transport=app_transport, base_url=MAILDESK) as client,
+            self.google.pubsub.running(client),
+            asyncio.TaskGroup() as group,
+        ):
+            group.create_task(self.services.worker.serve(stop))
+            try:
+                yield client
+            finally:
+                stop.set()
 
     def grant(self, email: str, scopes: tuple[str, ...] = (GMAIL_SCOPE_FULL,)) -> str:
         return self.google.create_grant(email, scopes, client_id=CLIENT_ID)

@@ -265,8 +265,8 @@ class PubSub:
         try:
             async with asyncio.TaskGroup() as group:
                 while True:
-                    job = await self._next_job(self._wake)
-                    if self.faults.reorder > 0 and self._held is None:
+                    job, released = await self._next_job(self._wake)
+                    if not released and self.faults.reorder > 0 and self._held is None:
                         self.faults.reorder -= 1
                         self._held = job
                         continue
@@ -279,13 +279,14 @@ class PubSub:
                 self._pending.appendleft(self._held)
                 self._held = None
 
-    async def _next_job(self, wake: asyncio.Event) -> _Job:
-        """The next queued job; a held one is handed out when nothing follows it in time."""
+    async def _next_job(self, wake: asyncio.Event) -> tuple[_Job, bool]:
+        """The next queued job, or (second item True) the held-back one when nothing follows it
+        within ``reorder_hold`` or a ``drain`` asks for it."""
         while not self._pending:
             held = self._held
             if held is not None and self._flush:
                 self._held = None
-                return held
+                return held, True
             wake.clear()
             if held is None:
                 await wake.wait()
@@ -295,8 +296,8 @@ class PubSub:
                     await wake.wait()
             except TimeoutError:
                 self._held = None
-                return held
-        return self._pending.popleft()
+                return held, True
+        return self._pending.popleft(), False
 
     def _start(self, group: asyncio.TaskGroup, client: httpx.AsyncClient, job: _Job) -> None:
         copies = max(1, self.faults.duplicate)
@@ -354,7 +355,7 @@ class PubSub:
                         sub.endpoint, content=body, headers=headers, timeout=self.ack_deadline
                     )
                 status = response.status_code
-            except TimeoutError:
+            except (TimeoutError, httpx.TimeoutException):
                 error = "no answer within the ack deadline"
             except Exception as exc:  # any failure of the receiver is a nack, never our crash
                 error = f"{type(exc).__name__}: {exc}"
