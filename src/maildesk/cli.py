@@ -121,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         # httpx logs every request URL at INFO: noise, and URLs can carry ids and tokens.
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         handler = _HANDLERS[_command_key(args)]
         return asyncio.run(handler(args, settings))
     except MailDeskError as exc:

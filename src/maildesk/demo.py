@@ -20,9 +20,10 @@ from sqlalchemy import select
 from maildesk import mailboxes
 from maildesk.app import create_app, serve_until, stop_on_signals
 from maildesk.config import Settings
-from maildesk.domain.accounts import GMAIL_SCOPE_FULL
+from maildesk.domain.accounts import GMAIL_SCOPE_FULL, ProviderKind
 from maildesk.domain.events import ChangeKind
 from maildesk.live.bus import LiveBus
+from maildesk.push.manager import gmail_push_settings
 from maildesk.services import Services, open_services
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.google import create_google_app
@@ -34,6 +35,9 @@ from maildesk.web.access import AllowAllInDemo
 log = logging.getLogger("maildesk.demo")
 
 DEMO_EMAIL = "support@demo.maildesk.test"
+DEMO_PROJECT = "maildesk-demo"
+DEMO_TOPIC = f"projects/{DEMO_PROJECT}/topics/gmail-push"
+DEMO_SIGNER = f"gmail-push@{DEMO_PROJECT}.iam.gserviceaccount.com"
 CLIENT_ID = "maildesk-demo"
 CLIENT_SECRET = "maildesk-demo-secret"  # noqa: S105 - the simulator's own demo credential
 
@@ -60,7 +64,11 @@ async def run_demo(
     refresh_token = google.create_grant(DEMO_EMAIL, [GMAIL_SCOPE_FULL], client_id=CLIENT_ID)
     google.seed_mailbox(DEMO_EMAIL, messages, days=120)
 
-    async with serve_app(create_google_app(google)) as sim_url:
+    # The simulator delivers Pub/Sub pushes to our webhook over real HTTP, like Google.
+    push_url = f"http://127.0.0.1:{port}/maildesk/push/gmail"
+    google.pubsub.add_subscription(DEMO_TOPIC, push_url, audience=push_url,
+                                   service_account=DEMO_SIGNER)
+    async with serve_app(create_google_app(google, deliver_pushes=True)) as sim_url:
         settings = settings.replace(
             data_dir=data_dir, database_url="", port=port, base_url=f"http://127.0.0.1:{port}",
             allow_loopback_webhooks=True,
@@ -68,13 +76,15 @@ async def run_demo(
             google_token_url=f"{sim_url}/token", google_revoke_url=f"{sim_url}/revoke",
             google_authorize_url=f"{sim_url}/o/oauth2/v2/auth",
             google_certs_url=f"{sim_url}/oauth2/v1/certs", gmail_api_url=sim_url,
-            # Push arrives with the realtime issue; until then the demo polls briskly.
-            poll_interval=min(settings.poll_interval, 5.0),
         )
         async with open_services(settings) as services:
             account_id = await mailboxes.add_gmail(
                 services, email=DEMO_EMAIL, refresh_token=refresh_token
             )
+            await mailboxes.sync_now(services, account_id)  # the inbox, newest first
+            await services.push.enable(account_id, ProviderKind.GMAIL, gmail_push_settings(
+                project=DEMO_PROJECT, topic=DEMO_TOPIC, audience=push_url,
+                signers=[DEMO_SIGNER]))
             print(f"MailDesk demo: http://127.0.0.1:{port}/  (data in {data_dir})")
             print(f"Google simulator: {sim_url}  mailbox {DEMO_EMAIL}: {messages} seeded "
                   f"messages, a new one every {interval:g} s. Ctrl-C stops.", flush=True)
