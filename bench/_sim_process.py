@@ -22,15 +22,12 @@ import signal
 import sys
 import time
 
+from bench._common import CLIENT_ID, CLIENT_SECRET, EMAIL
 from maildesk.clock import SystemClock
 from maildesk.domain.accounts import GMAIL_SCOPE_FULL
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.google import create_google_app
 from maildesk.sim.server import serve_app
-
-CLIENT_ID = "maildesk-bench-client"
-CLIENT_SECRET = "maildesk-bench-secret"
-EMAIL = "bench@example.com"
 
 
 def build_state(messages: int, seed: int, email: str = EMAIL) -> tuple[GoogleState, str, float]:

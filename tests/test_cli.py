@@ -547,9 +547,7 @@ def test_the_console_script_syncs_a_mailbox(
     assert (account["email"], account["state"], account["messages"]) == (ALICE, "ok", 25)
 
 
-# ------------------------------------------------------------------------------ known gaps
-# Strict xfails: each passes once the fix proposed with it lands; then drop the marker.
-@pytest.mark.xfail(strict=True, reason="connection errors of the store escape main() raw")
+# ------------------------------------------------------------------------------ bad environments
 def test_an_unreachable_database_is_one_line(
     base_env: dict[str, str], cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -558,7 +556,6 @@ def test_an_unreachable_database_is_one_line(
     assert_error(cli("account", "list"), 1, "database")
 
 
-@pytest.mark.xfail(strict=True, reason="OSError from the data folder escapes main() raw")
 def test_a_data_dir_that_is_a_file_is_one_line_naming_it(
     base_env: dict[str, str], cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

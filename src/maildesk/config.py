@@ -142,15 +142,19 @@ class Settings:
         if self.secret_key:
             return self
         path = self.data_dir / "secret.key"
-        if path.exists():
-            key = path.read_text().strip()
-        else:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            key = secrets.token_urlsafe(32)
-            # Created with owner-only permissions from the start, not chmod'ed afterwards.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(key + "\n")
+        try:
+            if path.exists():
+                key = path.read_text().strip()
+            else:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                key = secrets.token_urlsafe(32)
+                # Created with owner-only permissions from the start, not chmod'ed afterwards.
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(key + "\n")
+        except OSError as exc:
+            raise ConfigError(env_name("data_dir"),
+                              f"cannot use {self.data_dir} ({exc.strerror or exc})") from exc
         return self.replace(secret_key=key)
 
     @classmethod

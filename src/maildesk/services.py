@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 
 from maildesk.clock import Clock, SystemClock
 from maildesk.config import Settings
+from maildesk.errors import StoreError
 from maildesk.live.bus import LiveBus
 from maildesk.providers.google_certs import GoogleCerts
 from maildesk.providers.http import default_client
@@ -66,8 +68,12 @@ async def open_services(
         stack.push_async_callback(db.dispose)
         # Only take the schema lock when there is something to do: read-only commands run
         # beside a live server (SQLite has one writer) and should not queue behind it.
-        if migrate and await current_revision(db.engine) != head_revision():
-            await upgrade(db.engine)
+        try:
+            if migrate and await current_revision(db.engine) != head_revision():
+                await upgrade(db.engine)
+        except (OSError, SQLAlchemyError) as exc:
+            raise StoreError(f"cannot reach the database at {db.where}: "
+                             f"{type(exc).__name__}") from exc
         if http_client is None:
             http_client = await stack.enter_async_context(default_client())
         secrets = SecretBox(settings.secret_keys)

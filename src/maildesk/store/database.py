@@ -36,7 +36,12 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo}
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                folder = Path(parsed.database).parent
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ConfigError("MAILDESK_DATA_DIR",
+                                      f"cannot use {folder} ({exc.strerror or exc})") from exc
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
@@ -68,6 +73,14 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execution_options(maildesk_read_only=True)
             yield conn
+
+    @property
+    def where(self) -> str:
+        """The database's location for messages, without credentials."""
+        parsed = make_url(self.url)
+        if self.dialect == "sqlite":
+            return str(parsed.database)
+        return f"{parsed.host}:{parsed.port or 5432}/{parsed.database}"
 
     async def dispose(self) -> None:
         await self.engine.dispose()
