@@ -28,8 +28,7 @@ from maildesk.push.status import push_status
 from maildesk.services import open_services
 from maildesk.store import jobs as job_store
 from maildesk.store import users as user_store
-from maildesk.store.database import Database
-from maildesk.store.migrate import current_revision, upgrade
+from maildesk.store.migrate import current_revision
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last resort: a bug must still not end in a traceback
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        print(f"maildesk: error: unexpected {type(exc).__name__}: {exc} "
+              "(MAILDESK_LOG_LEVEL=DEBUG shows the traceback)", file=sys.stderr)
+        return 1
 
 
 def _command_key(args: argparse.Namespace) -> str:
@@ -159,12 +163,8 @@ def _cell(value: Any) -> str:
 
 # ------------------------------------------------------------------------------ commands
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    db = Database(settings.effective_database_url)
-    try:
-        await upgrade(db.engine)
-        print(f"database at revision {await current_revision(db.engine)}")
-    finally:
-        await db.dispose()
+    async with open_services(settings) as s:  # migrates when behind
+        print(f"database at revision {await current_revision(s.db.engine)}")
     return 0
 
 

@@ -134,7 +134,7 @@ async def find(conn: AsyncConnection, ref: str) -> AccountRow:
     ref = ref.strip()
     if ref.isdigit():
         return await get(conn, int(ref))
-    rows = (await conn.execute(select(accounts).where(accounts.c.email == ref))).all()
+    rows = (await conn.execute(select(accounts).where(accounts.c.email == ref.lower()))).all()
     if not rows:
         raise NotFound(f"no account with id or email {ref!r}")
     if len(rows) > 1:
