@@ -40,6 +40,7 @@ import os
 import platform
 import resource
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,8 +77,6 @@ TARGET_RSS_MB = 300.0
 SIM_START_TIMEOUT = 180.0  # seeding 20,000 messages takes a few seconds; be generous
 POLL_INTERVAL = 0.05  # resolution of the initial_sync_done / backfill_done marks
 MAX_SYNC_RUNS = 1000
-
-log = logging.getLogger("bench.sync_throughput")
 
 
 class BenchFailure(Exception):
@@ -557,11 +556,21 @@ def _run_children(args: argparse.Namespace) -> list[dict[str, Any]]:
             command += ["--profile", str(args.profile)]
         for name, value in args.pg_setting:
             command += ["--pg-setting", f"{name}={value}"]
-        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                              timeout=3 * args.timeout + SIM_START_TIMEOUT, check=False)
-        if done.returncode != 0:
-            raise BenchFailure(f"the {kind} run failed (exit status {done.returncode})")
-        runs += json.loads(done.stdout)["runs"]
+        child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        try:
+            out, _ = child.communicate(timeout=3 * args.timeout + SIM_START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            # SIGINT, so the child's cleanup (simulator, PostgreSQL) still runs.
+            child.send_signal(signal.SIGINT)
+            try:
+                child.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.communicate()
+            raise BenchFailure(f"the {kind} run did not finish in time") from None
+        if child.returncode != 0:
+            raise BenchFailure(f"the {kind} run failed (exit status {child.returncode})")
+        runs += json.loads(out)["runs"]
     return runs
 
 
@@ -597,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = _run_children(args) if args.db == "both" else [asyncio.run(measure(args.db, args))]
     except BenchFailure as exc:
         print(f"sync_throughput: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"sync_throughput: FAILED: not done within --timeout {args.timeout:g}s",
+              file=sys.stderr)
         return 1
     json.dump(_document(args, runs), sys.stdout, indent=2)
     sys.stdout.write("\n")

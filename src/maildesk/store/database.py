@@ -44,7 +44,13 @@ class Database:
                                       f"cannot use {folder} ({exc.strerror or exc})") from exc
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            kwargs.update(
+                pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                # asyncpg reuses prepared statements; after five runs PostgreSQL would switch
+                # our `remote_id IN (…500 ids…)` lookups to a generic plan made while the table
+                # looked empty, and scan the whole account. Custom plans keep them indexed.
+                connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
+            )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         if self.dialect == "sqlite":

@@ -210,9 +210,9 @@ async def _upsert_chunk(
     ids: dict[str, int] = {r.remote_id: int(r.id) for r in rows}
     if new:
         result = await conn.execute(
-            insert(messages).returning(
-                messages.c.id, messages.c.remote_id, sort_by_parameter_order=True
-            ),
+            # No sort_by_parameter_order: rows are matched by remote_id, and asking for order
+            # makes SQLAlchemy fall back to one INSERT per row on SQLite.
+            insert(messages).returning(messages.c.id, messages.c.remote_id),
             [{"account_id": account_id, "remote_id": m.remote_id, "created_at": now,
               "updated_at": now, **_values(m)} for m in new],
         )
@@ -279,13 +279,14 @@ async def _delete_chunk(
 
 
 async def _log(conn: AsyncConnection, events: list[MailEvent], now: datetime) -> None:
+    # A batch holds at most one event per message, so message_id maps each change id back.
     result = await conn.execute(
-        insert(changes).returning(changes.c.id, sort_by_parameter_order=True),
+        insert(changes).returning(changes.c.id, changes.c.message_id),
         [{"account_id": e.account_id, "message_id": e.message_id, "remote_id": e.remote_id,
           "kind": e.kind.value, "folder_ids": ",".join(map(str, e.folder_ids)), "at": now}
          for e in events],
     )
-    for i, change_id in enumerate(result.scalars()):
-        e = events[i]
+    change_ids = {int(r.message_id): int(r.id) for r in result}
+    for i, e in enumerate(events):
         events[i] = MailEvent(e.account_id, e.kind, e.message_id, e.remote_id, e.folder_ids,
-                              int(change_id))
+                              change_ids[e.message_id])

@@ -36,6 +36,8 @@ LABELS_AT = "gmail_labels_synced_at"
 LABEL_REFRESH_SECONDS = 600
 INBOX = "INBOX"
 PAGE_SIZE = 500
+# The first inbox page is small so the newest mail is committed after a single batch.
+FIRST_PAGE_SIZE = 50
 
 
 class GmailSync:
@@ -108,9 +110,8 @@ class GmailSync:
         seen: set[str] = set()
         token: str | None = None
         while True:
-            page = await self.api.list_message_ids(
-                label_ids, token, PAGE_SIZE, include_spam_trash
-            )
+            size = FIRST_PAGE_SIZE if token is None else PAGE_SIZE
+            page = await self.api.list_message_ids(label_ids, token, size, include_spam_trash)
             self.ctx.stats.provider_calls += 1
             seen.update(page.ids)
             await self._apply(*await self._fetch(page.ids, refetch_known=refetch_known))
