@@ -196,7 +196,8 @@ class Probe:
     """perf_counter() stamps taken inside MailDesk while the latency part runs."""
 
     enabled: bool = True
-    acks: dict[int, tuple[float, int]] = field(default_factory=dict)  # historyId → (t, status)
+    # historyId → (request arrived, 202 written, status)
+    acks: dict[int, tuple[float, float, int]] = field(default_factory=dict)
     committed: dict[str, float] = field(default_factory=dict)  # remote id → COMMIT returned
     bus: dict[str, float] = field(default_factory=dict)  # remote id → LiveBus.publish called
     received: dict[str, float] = field(default_factory=dict)  # remote id → subscriber got it
@@ -206,10 +207,10 @@ class Probe:
     syncs: int = 0
     _sent: dict[int, float] = field(default_factory=dict)
 
-    def acked(self, body: bytes, status: int, when: float) -> None:
+    def acked(self, body: bytes, status: int, arrived: float, answered: float) -> None:
         history_id = _history_id_of(body)
         if history_id is not None and history_id not in self.acks:
-            self.acks[history_id] = (when, status)
+            self.acks[history_id] = (arrived, answered, status)
 
     async def on_request(self, request: httpx.Request) -> None:
         self._sent[id(request)] = time.perf_counter()
@@ -235,7 +236,8 @@ def _kind(request: httpx.Request) -> str:
 
 
 class AckProbe:
-    """ASGI middleware: stamps when the push endpoint's answer has been written (the ack), and
+    """ASGI middleware: stamps when a push request arrives and when its answer has been written
+    (the ack), matched to the message by the notification's historyId, and
     passes everything else (and everything once ``probe.enabled`` is off) straight through.
     The bare endpoint of the throughput part gets the same middleware, switched off."""
 
@@ -248,6 +250,7 @@ class AckProbe:
         if not probe.enabled or scope["type"] != "http" or scope["path"] != PUSH_PATH:
             await self.app(scope, receive, send)
             return
+        arrived = time.perf_counter()
         chunks: list[bytes] = []
         status = 0
 
@@ -263,7 +266,7 @@ class AckProbe:
                 status = int(message["status"])
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
-                probe.acked(b"".join(chunks), status, time.perf_counter())
+                probe.acked(b"".join(chunks), status, arrived, time.perf_counter())
 
         await self.app(scope, receive_body, send_answer)
 
@@ -525,13 +528,14 @@ def _first_after(times: Sequence[float], after: float) -> float | None:
 def latency_report(samples: list[Sample], probe: Probe) -> dict[str, Any]:
     to_ack, to_commit, to_bus, to_subscriber, commit_to_bus_us = [], [], [], [], []
     stages: dict[str, list[float]] = {k: [] for k in (
-        "publish_to_ack", "ack_to_sync_start", "sync_start_to_history_sent", "history_rtt",
-        "history_answer_to_batch_sent", "batch_rtt", "batch_answer_to_commit",
+        "publish_to_webhook_request", "webhook_request_to_ack", "ack_to_sync_start",
+        "sync_start_to_history_sent", "history_rtt", "history_answer_to_batch_sent", "batch_rtt",
+        "batch_answer_to_commit",
         "commit_to_bus", "bus_to_subscriber")}
     acks_not_202 = 0
     starts = sorted(probe.sync_started)
     for s in samples:
-        ack, status = probe.acks[s.history_id]
+        arrived, ack, status = probe.acks[s.history_id]
         acks_not_202 += status != 202
         committed, bus = probe.committed[s.remote_id], probe.bus[s.remote_id]
         received = probe.received[s.remote_id]
@@ -545,7 +549,8 @@ def latency_report(samples: list[Sample], probe: Probe) -> dict[str, Any]:
                         and start is not None and c.sent >= start), None)
         batch = next((c for c in probe.provider if c.kind == "batch"
                       and history is not None and c.sent >= history.answered), None)
-        stages["publish_to_ack"].append(ms(ack - s.published))
+        stages["publish_to_webhook_request"].append(ms(arrived - s.published))
+        stages["webhook_request_to_ack"].append(ms(ack - arrived))
         stages["commit_to_bus"].append(ms(bus - committed))
         stages["bus_to_subscriber"].append(ms(received - bus))
         if start is None or history is None or batch is None or batch.answered > committed:
