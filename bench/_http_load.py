@@ -112,10 +112,13 @@ class _RawConnection:
         self.host, self.port, self.wire = host, port, wire
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.connects: list[float] = []  # seconds each (re)connect took
 
     async def send(self, index: int) -> int:
         if self.writer is None or self.reader is None:
+            started = time.perf_counter()
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.connects.append(time.perf_counter() - started)
             sock = self.writer.get_extra_info("socket")
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
@@ -163,7 +166,11 @@ def _raw_senders(spec: dict[str, Any], stack: contextlib.ExitStack) -> list[Send
     connections = [_RawConnection(host, port, wire) for _ in range(int(spec["concurrency"]))]
     for connection in connections:
         stack.callback(connection.close)
+    _RAW.extend(connections)
     return [c.send for c in connections]
+
+
+_RAW: list[_RawConnection] = []
 
 
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -177,6 +184,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             raise ValueError(f"unknown client {client!r}")
         await _phase(senders, int(spec.get("warmup", 0)), limit_s)
+        connects_before = sum(len(c.connects) for c in _RAW)
         cpu_before = time.process_time()
         started = time.perf_counter()
         latencies, statuses, errors, timed_out = await _phase(
@@ -185,6 +193,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu_before
     completed = sum(statuses.values())
+    connects = [t for c in _RAW for t in c.connects]
     return {
         "client": client,
         "completed": completed,
@@ -196,6 +205,10 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "latency_ms": percentiles(latencies),
         "client_cpu_s": round(cpu, 3),
         "client_cpu_util": round(cpu / seconds, 2) if seconds > 0 else 0.0,
+        # raw client only: connections opened while measuring (keep-alive should need none),
+        # and the slowest connect of the whole run (a SYN retry takes a second or more)
+        "reconnects": len(connects) - connects_before if _RAW else None,
+        "slowest_connect_ms": round(max(connects) * 1000, 3) if connects else None,
     }
 
 
