@@ -17,6 +17,7 @@ Neither the token nor the body is ever logged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class GmailWebhook:
         self._keys = keys
         self._recorder = recorder
         self._config: _Config | None = None
+        self._config_lock = asyncio.Lock()
         self._last_rejection_logged: dict[tuple[int, str], datetime] = {}
         self.stats = WebhookStats()
 
@@ -117,6 +119,14 @@ class GmailWebhook:
         now = self._clock.now()
         if self._config is not None and now - self._config.loaded_at < CONFIG_TTL:
             return self._config
+        async with self._config_lock:
+            # Single flight: when the cache expires under load, one request reloads and the
+            # others use its result instead of all reading the database at once.
+            if self._config is not None and now - self._config.loaded_at < CONFIG_TTL:
+                return self._config
+            return await self._reload(now)
+
+    async def _reload(self, now: datetime) -> _Config:
         async with self._db.read() as conn:
             rows = await push_store.gmail_verification_config(conn)
         audiences: set[str] = set()

@@ -3,8 +3,8 @@
 Every verified notification must be stored (last-notification time, timeline checkpoints, the
 sync stamp) before we answer 202, or a crash could lose it. One transaction per request would
 cap the webhook at the database's commit rate, so requests that arrive while a commit is in
-flight are batched into the next one: the first waiting request flushes, the others wait for
-their batch. No background task is needed, and nothing is acknowledged before it is durable.
+flight are batched into the next one: one request flushes one batch, the next waiter the next.
+No background task is needed, and nothing is acknowledged before it is durable.
 """
 
 from __future__ import annotations
@@ -34,27 +34,31 @@ class NotificationRecorder:
         self._clock = clock
         self._wake = wake
         self._pending: list[_Item] = []
-        self._flushing = False
+        self._round: asyncio.Future[None] | None = None  # the commit in flight, if any
         self.commits = 0
 
     async def notified(self, account_id: int, provider: ProviderKind, detail: str) -> None:
-        """Record a verified notification and stamp the mailbox for sync; returns once durable."""
-        item = _Item(account_id, provider, detail, asyncio.get_running_loop().create_future())
+        """Record a verified notification and stamp the mailbox for sync; returns once durable.
+
+        Whoever finds no flush in progress commits one batch (everything queued, its own item
+        included) and returns; requests queued meanwhile wait for that round to end and the
+        first of them flushes the next batch. No request ever flushes on behalf of others for
+        longer than one commit, so no 202 waits behind a stream of later arrivals.
+        """
+        loop = asyncio.get_running_loop()
+        item = _Item(account_id, provider, detail, loop.create_future())
         self._pending.append(item)
-        if not self._flushing:
-            self._flushing = True
+        while not item.done.done():
+            if self._round is not None:
+                await asyncio.wait({item.done, self._round}, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            self._round = loop.create_future()
             try:
-                while self._pending:
-                    batch, self._pending = self._pending, []
-                    await self._flush(batch)
+                batch, self._pending = self._pending, []
+                await self._flush(batch)
             finally:
-                self._flushing = False
-                # If this flusher was cancelled, nobody else is flushing: fail the waiters
-                # rather than leave them hanging (the provider redelivers a non-2xx).
-                for left in self._pending:
-                    if not left.done.done():
-                        left.done.set_exception(RuntimeError("notification not recorded"))
-                self._pending = []
+                finished, self._round = self._round, None
+                finished.set_result(None)
         await item.done
 
     async def _flush(self, batch: list[_Item]) -> None:
