@@ -20,25 +20,10 @@ from maildesk.errors import (
     RateLimited,
 )
 from maildesk.providers.http import ProviderHttp, json_body, parse_retry_after
+from tests.support.scripted import Script
 
 URL = "https://gmail.example/gmail/v1/users/me/profile"
 Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class Script:
-    """A MockTransport handler that answers from a list and records every request."""
-
-    def __init__(self, *answers: httpx.Response | Exception) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
 
 class Tokens:
     """A TokenSource that hands out tok-1, then tok-2 after a forced refresh."""

@@ -21,25 +21,12 @@ from maildesk.errors import (
 )
 from maildesk.providers.http import ProviderHttp, TokenSource
 from maildesk.providers.oauth import AccessTokenCache, GoogleOAuth, TokenGrant
+from tests.support.scripted import Script
 
 TOKEN_URL = "https://oauth2.example/token"
 REVOKE_URL = "https://oauth2.example/revoke"
 SCOPES = "https://mail.google.com/ openid"
 Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class Script:
-    def __init__(self, *answers: httpx.Response | Exception) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
 
 def granted(**extra: object) -> httpx.Response:
     body = {"access_token": "ya29.new", "expires_in": 3599, "token_type": "Bearer", "scope": SCOPES}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 
@@ -59,17 +59,3 @@ class RemoteBody:
     remote_id: str
     text: str
     html: str
-
-
-@dataclass(slots=True)
-class ChangeSet:
-    """What changed at the provider since a cursor.
-
-    ``upserts`` carry the full current metadata of every added or modified message; ``deletions``
-    are remote ids that no longer exist (or left every synced folder). ``cursor`` is the new cursor,
-    to be stored in the same transaction that applies the change set, never before.
-    """
-
-    upserts: list[RemoteMessage] = field(default_factory=list)
-    deletions: list[str] = field(default_factory=list)
-    cursor: str | None = None

@@ -8,45 +8,22 @@ The ``/pubsub/...`` routes (push subscriptions, push faults, the delivery log) c
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from maildesk.errors import InputError, NotFound
+from maildesk.errors import InputError
+from maildesk.sim.control_endpoint import control_endpoint
 from maildesk.sim.faults import FaultRule
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.pubsub_control import pubsub_routes
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def control_routes(state: GoogleState) -> list[Route]:
     """Routes to mount under ``/_sim``."""
 
-    def endpoint(work: Callable[[Request, dict[str, Any]], Any]) -> Endpoint:
-        async def run(request: Request) -> Response:
-            try:
-                body: dict[str, Any] = {}
-                if request.method in ("POST", "PUT") and (await request.body()).strip():
-                    parsed = await request.json()
-                    if not isinstance(parsed, dict):
-                        raise InputError("the body must be a JSON object")
-                    body = parsed
-                result = work(request, body)
-            except NotFound as exc:
-                return JSONResponse({"error": exc.message}, status_code=404)
-            except InputError as exc:
-                return JSONResponse({"error": exc.message}, status_code=400)
-            except ValueError as exc:  # malformed JSON body
-                return JSONResponse({"error": f"invalid JSON: {exc}"}, status_code=400)
-            if result is None:
-                return Response(status_code=204)
-            return JSONResponse(result)
-
-        return run
+    endpoint = control_endpoint
 
     def email(request: Request) -> str:
         return str(request.path_params["email"])

@@ -16,18 +16,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from maildesk.errors import InputError, NotFound
+from maildesk.sim.control_endpoint import control_endpoint
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.wire import SimRequest, SimResponse
 
-Endpoint = Callable[[Request], Awaitable[Response]]
 _ACTIONS = frozenset({"rotate_key", "drop_old_key"})
 
 
@@ -46,27 +44,7 @@ async def certs_v3(state: GoogleState, _: SimRequest) -> SimResponse:
 def pubsub_routes(state: GoogleState) -> list[Route]:
     """Routes to mount under ``/_sim`` (paths start with ``/pubsub``)."""
 
-    def endpoint(work: Callable[[Request, dict[str, Any]], Any]) -> Endpoint:
-        async def run(request: Request) -> Response:
-            try:
-                body: dict[str, Any] = {}
-                if request.method in ("POST", "DELETE") and (await request.body()).strip():
-                    parsed = await request.json()
-                    if not isinstance(parsed, dict):
-                        raise InputError("the body must be a JSON object")
-                    body = parsed
-                result = work(request, body)
-            except NotFound as exc:
-                return JSONResponse({"error": exc.message}, status_code=404)
-            except InputError as exc:
-                return JSONResponse({"error": exc.message}, status_code=400)
-            except ValueError as exc:  # malformed JSON body
-                return JSONResponse({"error": f"invalid JSON: {exc}"}, status_code=400)
-            if result is None:
-                return Response(status_code=204)
-            return JSONResponse(result)
-
-        return run
+    endpoint = control_endpoint
 
     def add_subscription(_: Request, body: dict[str, Any]) -> dict[str, Any]:
         sub = state.pubsub.add_subscription(
