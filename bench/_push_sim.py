@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import random
-import signal
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -43,6 +42,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bench._common import CLIENT_ID, CLIENT_SECRET, EMAIL
+from bench._process import wait_for_eof_or_signal
 from maildesk.clock import ManualClock
 from maildesk.domain.accounts import GMAIL_SCOPE_FULL
 from maildesk.sim.gmail_state import GoogleState
@@ -120,26 +120,6 @@ def bench_routes(state: GoogleState, clock: ManualClock) -> list[Route]:
     ]
 
 
-async def _wait_for_eof_or_signal() -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-    async def until_eof() -> None:
-        while await reader.read(4096):
-            pass
-        stop.set()
-
-    eof = asyncio.create_task(until_eof())
-    try:
-        await stop.wait()
-    finally:
-        eof.cancel()
-
-
 async def serve(messages: int, seed: int, behind: float) -> None:
     state, clock, refresh_token = build_state(messages, seed, behind)
     # What signing one push token costs the simulator (the deliverer signs one per attempt);
@@ -160,7 +140,7 @@ async def serve(messages: int, seed: int, behind: float) -> None:
         }
         sys.stdout.write(json.dumps(hello) + "\n")
         sys.stdout.flush()
-        await _wait_for_eof_or_signal()
+        await wait_for_eof_or_signal()
 
 
 def main(argv: list[str] | None = None) -> int:

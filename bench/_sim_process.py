@@ -18,11 +18,11 @@ import asyncio
 import cProfile
 import json
 import random
-import signal
 import sys
 import time
 
 from bench._common import CLIENT_ID, CLIENT_SECRET, EMAIL
+from bench._process import wait_for_eof_or_signal
 from maildesk.clock import SystemClock
 from maildesk.domain.accounts import GMAIL_SCOPE_FULL
 from maildesk.sim.gmail_state import GoogleState
@@ -40,26 +40,6 @@ def build_state(messages: int, seed: int, email: str = EMAIL) -> tuple[GoogleSta
     return state, refresh_token, time.perf_counter() - started
 
 
-async def _wait_for_eof_or_signal() -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-    async def until_eof() -> None:
-        while await reader.read(4096):
-            pass
-        stop.set()
-
-    eof = asyncio.create_task(until_eof())
-    try:
-        await stop.wait()
-    finally:
-        eof.cancel()
-
-
 async def serve(messages: int, seed: int, email: str) -> None:
     state, refresh_token, seed_seconds = build_state(messages, seed, email)
     mailbox = state.mailbox(email)
@@ -72,7 +52,7 @@ async def serve(messages: int, seed: int, email: str) -> None:
         }
         sys.stdout.write(json.dumps(hello) + "\n")
         sys.stdout.flush()
-        await _wait_for_eof_or_signal()
+        await wait_for_eof_or_signal()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,7 +72,6 @@ import operator
 import os
 import platform
 import pstats
-import resource
 import socket
 import statistics
 import subprocess
@@ -100,6 +99,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send  # noqa: E402
 
 from bench._common import CLIENT_ID, CLIENT_SECRET  # noqa: E402
 from bench._http_load import percentiles  # noqa: E402
+from bench._process import (  # noqa: E402
+    BenchFailure,
+    Store,
+    bench_database,
+    own_cpu_s,
+    request_kind,
+    run_per_database,
+    tree_cpu_s,
+)
 from maildesk import mailboxes  # noqa: E402
 from maildesk.app import create_app, serve_until  # noqa: E402
 from maildesk.config import Settings  # noqa: E402
@@ -127,49 +135,12 @@ SETUP_TIMEOUT = 60.0
 log = logging.getLogger("bench.push_latency")
 
 
-class BenchFailure(Exception):
-    """The run did not do what it must (a push lost, a sync failed, a server did not start)."""
-
-
 # ------------------------------------------------------------------------------ small helpers
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rindex(")") + 2 :].split()
-
-
-def tree_cpu_s(pid: int | None) -> float:
-    """CPU seconds of ``pid`` and its direct children (PostgreSQL's backends)."""
-    if pid is None:
-        return 0.0
-    fields = _stat_fields(pid)
-    if fields is None:
-        return 0.0
-    ticks = sum(int(v) for v in fields[11:15])
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            child = _stat_fields(int(entry))
-            if child is not None and child[1] == str(pid):
-                ticks += int(child[11]) + int(child[12])
-    return ticks / _TICKS
 
 
 def ms(seconds: float) -> float:
@@ -221,20 +192,7 @@ class Probe:
         answered = time.perf_counter()
         sent = self._sent.pop(id(response.request), None)
         if sent is not None and self.enabled:
-            self.provider.append(ProviderCall(_kind(response.request), sent, answered))
-
-
-def _kind(request: httpx.Request) -> str:
-    path = request.url.path
-    if path.startswith("/batch"):
-        return "batch"
-    if path.endswith("/history"):
-        return "history"
-    if path.endswith("/profile"):
-        return "profile"
-    if "/messages/" in path:
-        return "messages.get"
-    return path.rsplit("/", 1)[-1] or "other"
+            self.provider.append(ProviderCall(request_kind(response.request), sent, answered))
 
 
 class AckProbe:
@@ -360,31 +318,6 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
             return
         except TimeoutError:
             continue
-
-
-@dataclass(slots=True)
-class Store:
-    kind: str
-    url: str  # "" = SQLite in the data dir
-    pg_pid: int | None = None
-
-
-@contextlib.asynccontextmanager
-async def database(kind: str) -> AsyncIterator[Store]:
-    if kind == "sqlite":
-        yield Store(kind, "")
-        return
-    from tests.support.postgres import PostgresCluster
-
-    cluster = PostgresCluster()
-    await asyncio.to_thread(cluster.start)
-    try:
-        url = await cluster.create_database("maildesk_push_bench")
-        pid_file = cluster.directory / "data" / "postmaster.pid"
-        pg_pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
-        yield Store(kind, url, pg_pid)
-    finally:
-        await asyncio.to_thread(cluster.stop)
 
 
 class _QuietServer(uvicorn.Server):
@@ -737,7 +670,7 @@ async def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     behind = max(1800.0, (args.messages + args.warmup) * SPACING_S + 600)
     async with (
         push_simulator(args.seed, behind) as sim,
-        database(kind) as store,
+        bench_database(kind, "maildesk_push_bench") as store,
         httpx.AsyncClient(timeout=10.0) as control,
     ):
         with tempfile.TemporaryDirectory(prefix="maildesk-push-bench-") as tmp:
@@ -839,24 +772,15 @@ def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _run_children(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """``--db both``: each database in a fresh process of this script."""
-    runs: list[dict[str, Any]] = []
-    for kind in ("sqlite", "postgresql"):
-        command = [sys.executable, str(Path(__file__).resolve()), "--db", kind,
-                   "--messages", str(args.messages), "--warmup", str(args.warmup),
-                   "--requests", str(args.requests), "--concurrency", str(args.concurrency),
-                   "--rounds", str(args.rounds), "--gap", str(args.gap),
-                   "--client", args.client, "--seed", str(args.seed)]
-        if args.profile is not None:
-            command += ["--profile", str(args.profile)]
-        budget = 120 + args.messages * 1.0 + args.rounds * (args.requests / 100 + 60)
-        done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                              timeout=budget, check=False)
-        if done.returncode != 0:
-            raise BenchFailure(f"the {kind} run failed (exit status {done.returncode})")
-        runs += json.loads(done.stdout)["runs"]
-    return runs
+def _child_command(kind: str, args: argparse.Namespace) -> list[str]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--db", kind,
+               "--messages", str(args.messages), "--warmup", str(args.warmup),
+               "--requests", str(args.requests), "--concurrency", str(args.concurrency),
+               "--rounds", str(args.rounds), "--gap", str(args.gap),
+               "--client", args.client, "--seed", str(args.seed)]
+    if args.profile is not None:
+        command += ["--profile", str(args.profile)]
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -888,7 +812,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     args.loadavg = _loadavg()
     try:
-        runs = _run_children(args) if args.db == "both" else [asyncio.run(measure(args.db, args))]
+        if args.db == "both":
+            budget = 120 + args.messages * 1.0 + args.rounds * (args.requests / 100 + 60)
+            runs = run_per_database(lambda kind: _child_command(kind, args), timeout=budget)
+        else:
+            runs = [asyncio.run(measure(args.db, args))]
     except BenchFailure as exc:
         print(f"push_latency: FAILED: {exc}", file=sys.stderr)
         return 1

@@ -40,13 +40,12 @@ import os
 import platform
 import resource
 import select
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +60,14 @@ from sqlalchemy import func  # noqa: E402
 from sqlalchemy import select as sql_select  # noqa: E402
 
 from bench._common import CLIENT_ID, CLIENT_SECRET  # noqa: E402
+from bench._process import (  # noqa: E402
+    BenchFailure,
+    bench_database,
+    own_cpu_s,
+    request_kind,
+    run_per_database,
+    tree_cpu_s,
+)
 from maildesk import mailboxes  # noqa: E402
 from maildesk.config import Settings  # noqa: E402
 from maildesk.domain.events import ChangeKind, MailEvent  # noqa: E402
@@ -79,10 +86,6 @@ POLL_INTERVAL = 0.05  # resolution of the initial_sync_done / backfill_done mark
 MAX_SYNC_RUNS = 1000
 
 
-class BenchFailure(Exception):
-    """The run did not do what it must (a sync failed, or the store is incomplete)."""
-
-
 # ------------------------------------------------------------------------------ measurements
 def current_rss_mb() -> float:
     """This process's resident set size now (Linux ``/proc``)."""
@@ -96,42 +99,6 @@ def current_rss_mb() -> float:
 def peak_rss_mb() -> float:
     """This process's peak resident set size so far (``ru_maxrss`` is in KB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # Field 2 (comm) may contain spaces; everything after its closing parenthesis is plain.
-    return data[data.rindex(")") + 2 :].split()
-
-
-def tree_cpu_s(pid: int | None) -> float:
-    """CPU seconds of ``pid`` plus its reaped and its live direct children (PostgreSQL's
-    backends are children of the postmaster)."""
-    if pid is None:
-        return 0.0
-    fields = _stat_fields(pid)
-    if fields is None:
-        return 0.0
-    # After comm: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14)
-    ticks = sum(int(v) for v in fields[11:15])
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            child = _stat_fields(int(entry))
-            if child is not None and child[1] == str(pid):
-                ticks += int(child[11]) + int(child[12])
-    return ticks / _TICKS
 
 
 @dataclass(slots=True)
@@ -159,25 +126,10 @@ class RequestCounter:
     kinds: Counter[str] = field(default_factory=Counter)
 
     async def hook(self, request: httpx.Request) -> None:
-        self.kinds[_kind(request)] += 1
+        self.kinds[request_kind(request)] += 1
 
     def snapshot(self) -> Counter[str]:
         return Counter(self.kinds)
-
-
-def _kind(request: httpx.Request) -> str:
-    path = request.url.path
-    if path.startswith("/batch"):
-        return "batch"
-    if path in ("/token", "/revoke"):
-        return path[1:]
-    tail = path.rsplit("/gmail/v1/users/", 1)[-1].split("/", 1)
-    rest = tail[1] if len(tail) == 2 else ""
-    if rest == "messages":
-        return "messages.list"
-    if rest.startswith("messages/"):
-        return "messages.get"
-    return rest or "other"
 
 
 @dataclass(slots=True)
@@ -259,28 +211,6 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 # ------------------------------------------------------------------------------ the database
-@dataclass(slots=True)
-class Store:
-    url: str  # "" = SQLite in the data dir
-    pg_pid: int | None = None
-
-
-@contextlib.asynccontextmanager
-async def database(kind: str, pg_settings: dict[str, str]) -> AsyncIterator[Store]:
-    if kind == "sqlite":
-        yield Store("")
-        return
-    from tests.support.postgres import PostgresCluster
-
-    cluster = PostgresCluster(settings=pg_settings)
-    await asyncio.to_thread(cluster.start)
-    try:
-        url = await cluster.create_database("maildesk_bench")
-        pid_file = cluster.directory / "data" / "postmaster.pid"
-        pg_pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
-        yield Store(url, pg_pid)
-    finally:
-        await asyncio.to_thread(cluster.stop)
 
 
 def bench_settings(data_dir: Path, db_url: str, sim_url: str, prefetch: int | None) -> Settings:
@@ -462,7 +392,7 @@ async def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     profile_dir: Path | None = args.profile
     sim_profile = profile_dir / f"sim_{kind}.pstats" if profile_dir else None
     with simulator(args.messages, args.seed, sim_profile) as sim:
-        async with database(kind, dict(args.pg_setting)) as store:
+        async with bench_database(kind, "maildesk_bench", dict(args.pg_setting)) as store:
             with tempfile.TemporaryDirectory(prefix="maildesk-bench-") as tmp:
                 settings = bench_settings(Path(tmp), store.url, sim.url, args.prefetch)
                 counter = RequestCounter()
@@ -543,42 +473,24 @@ def _document(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
     }
 
 
-def _run_children(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """``--db both``: each database in its own process, so each peak RSS is its own."""
-    runs: list[dict[str, Any]] = []
-    for kind in ("sqlite", "postgresql"):
-        command = [sys.executable, str(Path(__file__).resolve()), "--db", kind,
-                   "--messages", str(args.messages), "--seed", str(args.seed),
-                   "--timeout", str(args.timeout)]
-        if args.prefetch is not None:
-            command += ["--prefetch", str(args.prefetch)]
-        if args.profile is not None:
-            command += ["--profile", str(args.profile)]
-        for name, value in args.pg_setting:
-            command += ["--pg-setting", f"{name}={value}"]
-        child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        try:
-            out, _ = child.communicate(timeout=3 * args.timeout + SIM_START_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            # SIGINT, so the child's cleanup (simulator, PostgreSQL) still runs.
-            child.send_signal(signal.SIGINT)
-            try:
-                child.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.communicate()
-            raise BenchFailure(f"the {kind} run did not finish in time") from None
-        if child.returncode != 0:
-            raise BenchFailure(f"the {kind} run failed (exit status {child.returncode})")
-        runs += json.loads(out)["runs"]
-    return runs
-
-
 def _pg_setting(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
     return name.strip(), value.strip()
+
+
+def _child_command(kind: str, args: argparse.Namespace) -> list[str]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--db", kind,
+               "--messages", str(args.messages), "--seed", str(args.seed),
+               "--timeout", str(args.timeout)]
+    if args.prefetch is not None:
+        command += ["--prefetch", str(args.prefetch)]
+    if args.profile is not None:
+        command += ["--profile", str(args.profile)]
+    for name, value in args.pg_setting:
+        command += ["--pg-setting", f"{name}={value}"]
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -603,7 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        runs = _run_children(args) if args.db == "both" else [asyncio.run(measure(args.db, args))]
+        if args.db == "both":
+            runs = run_per_database(lambda kind: _child_command(kind, args),
+                                    timeout=3 * args.timeout + SIM_START_TIMEOUT)
+        else:
+            runs = [asyncio.run(measure(args.db, args))]
     except BenchFailure as exc:
         print(f"sync_throughput: FAILED: {exc}", file=sys.stderr)
         return 1
