@@ -1,0 +1,65 @@
+"""`maildesk demo`, the README's run command, as a user runs it: a real process on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+MAILDESK = str(Path(sys.executable).parent / "maildesk")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_demo_syncs_the_seeded_mailbox_and_new_mail_keeps_arriving(tmp_path: Path) -> None:
+    port = _free_port()
+    data = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILDESK_")}
+    demo = subprocess.Popen(
+        [MAILDESK, "demo", "--data-dir", str(data), "--port", str(port), "--messages", "40",
+         "--interval", "0.4", "--duration", "12"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert demo.stdout is not None
+        banner = demo.stdout.readline()
+        assert banner.startswith("MailDesk demo: "), banner
+        page = ""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            page = httpx.get(f"http://127.0.0.1:{port}/mailboxes/1", timeout=5).text
+            if "Inbox" in page:
+                break
+            time.sleep(0.2)
+        assert "Inbox" in page, "the live inbox is served"
+        out, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 0, err[-2000:]
+    arrivals = [line for line in out.splitlines() if line.startswith("arrived ")]
+    assert len(arrivals) >= 5, out
+
+    listed = subprocess.run([MAILDESK, "account", "list", "--json"], capture_output=True,
+                            text=True, env={**env, "MAILDESK_DATA_DIR": str(data)}, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    [account] = json.loads(listed.stdout)
+    assert account["state"] == "ok"
+    assert account["messages"] >= 40 + len(arrivals)
+    pushed = subprocess.run([MAILDESK, "push", "status", "--json"], capture_output=True,
+                            text=True, env={**env, "MAILDESK_DATA_DIR": str(data)}, timeout=60)
+    [push] = json.loads(pushed.stdout)
+    assert push["state"] == "active"
+    assert push["last_notification_at"] is not None, "mail arrived through push"
