@@ -121,6 +121,13 @@ class Settings:
     graph_api_url: str = _setting(
         "https://graph.microsoft.com/v1.0", "Microsoft Graph base URL."
     )
+    outlook_subscription_lifetime: float = _setting(
+        518400.0, "Seconds a Microsoft Graph subscription is requested for (Graph may shorten "
+        "it; the expiration it returns is what is stored). Renewed with about a day to spare."
+    )
+    graph_delta_page_size: int = _setting(
+        200, "Messages per Graph delta page (`Prefer: odata.maxpagesize`)."
+    )
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -197,7 +204,7 @@ class Settings:
             raise ConfigError(env_name("base_url"), "must not end with a slash")
         for name in ("poll_interval", "safety_poll_interval", "lease_seconds", "worker_tick",
                      "http_timeout", "http_connect_timeout", "push_silence_threshold",
-                     "push_renewal_interval"):
+                     "push_renewal_interval", "outlook_subscription_lifetime"):
             value = getattr(self, name)
             # `not value > 0` also refuses NaN, which every comparison answers False to.
             if not math.isfinite(value) or not value > 0:
@@ -209,6 +216,8 @@ class Settings:
                               "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         if self.worker_concurrency < 1:
             raise ConfigError(env_name("worker_concurrency"), "must be at least 1")
+        if not 1 <= self.graph_delta_page_size <= 1000:
+            raise ConfigError(env_name("graph_delta_page_size"), "must be between 1 and 1000")
 
     def describe(self) -> dict[str, str]:
         """Settings for display, with secrets masked."""

@@ -33,3 +33,19 @@ GMAIL_SCOPE_FULL = "https://mail.google.com/"
 GMAIL_SCOPE_MODIFY = "https://www.googleapis.com/auth/gmail.modify"
 GMAIL_SCOPE_READONLY = "https://www.googleapis.com/auth/gmail.readonly"
 GMAIL_SCOPE_SEND = "https://www.googleapis.com/auth/gmail.send"
+
+# Microsoft: a Graph grant needs Mail.ReadWrite (or Mail.Read) plus offline_access; an IMAP/SMTP
+# grant (audience outlook.office.com) cannot call Graph at all.
+GRAPH_SCOPE_READWRITE = "https://graph.microsoft.com/Mail.ReadWrite"
+GRAPH_SCOPE_READ = "https://graph.microsoft.com/Mail.Read"
+GRAPH_SCOPE_SEND = "https://graph.microsoft.com/Mail.Send"
+MS_SCOPE_OFFLINE = "offline_access"
+OUTLOOK_IMAP_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All"
+OUTLOOK_SMTP_SCOPE = "https://outlook.office.com/SMTP.Send"
+
+
+class TokenKind(enum.StrEnum):
+    """Which Microsoft API a stored grant can call (``accounts.token_kind``)."""
+
+    GRAPH = "graph"
+    IMAP = "imap"
