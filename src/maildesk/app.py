@@ -51,7 +51,9 @@ def create_app(services: Services, *, access: AccessPolicy | None = None) -> Sta
         return JSONResponse({"status": "ok"})
 
     routes: list[BaseRoute] = [
-        Route("/healthz", healthz), *push_routes(services.gmail_webhook), *api_routes(),
+        Route("/healthz", healthz),
+        *push_routes(services.gmail_webhook, services.outlook_webhook),
+        *api_routes(),
     ]
     if access is None:
         routes.append(Route("/", index))

@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--refresh-token", required=True)
     add.add_argument("--no-verify", action="store_true",
                      help="store the token without a test refresh exchange")
+    outlook = account.add_parser(
+        "add-outlook", help="connect an Outlook / Microsoft 365 mailbox from a refresh token")
+    outlook.add_argument("--email", required=True)
+    outlook.add_argument("--refresh-token", required=True)
+    outlook.add_argument("--tenant",
+                         help="tenant of the grant (default: MAILDESK_MICROSOFT_TENANT)")
+    outlook.add_argument("--no-verify", action="store_true",
+                         help="store the token without a test refresh exchange")
     listing = account.add_parser("list", help="list mailboxes")
     listing.add_argument("--json", action="store_true")
     sync = account.add_parser("sync", help="sync a mailbox now")
@@ -100,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="service-account email allowed to sign pushes (repeatable)")
     disable = gmail.add_parser("disable", help="stop the mailbox's Gmail watch")
     disable.add_argument("account")
+
+    outlook_push = push.add_parser(
+        "outlook", help="Outlook push (Graph change notifications)").add_subparsers(
+        dest="outlook_command", required=True, parser_class=_Parser)
+    o_enable = outlook_push.add_parser(
+        "enable", help="register a Graph subscription for a mailbox (no inputs needed)")
+    o_enable.add_argument("account")
+    o_disable = outlook_push.add_parser("disable", help="delete the mailbox's Graph subscription")
+    o_disable.add_argument("account")
 
     jobs = sub.add_parser("jobs", help="scheduled jobs: last run, duration, status, error")
     jobs.add_argument("--json", action="store_true")
@@ -230,6 +247,34 @@ async def _push_gmail_disable(args: argparse.Namespace, settings: Settings) -> i
     return 0
 
 
+async def _push_outlook_enable(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s:
+        account = await mailboxes.find(s, args.account)
+        row = await s.push.enable(account.id, ProviderKind.OUTLOOK, {})
+    expires = row.sub.expiration.isoformat() if row.sub.expiration else "?"
+    print(f"Outlook push active for {account.email}: subscription {row.sub.subscription_id}, "
+          f"expires {expires}")
+    return 0
+
+
+async def _push_outlook_disable(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s:
+        account = await mailboxes.find(s, args.account)
+        await s.push.disable(account.id, ProviderKind.OUTLOOK)
+    print(f"Outlook push stopped for {account.email}; it is polled every "
+          f"{settings.poll_interval:g} s")
+    return 0
+
+
+async def _account_add_outlook(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_services(settings) as s:
+        aid = await mailboxes.add_outlook(s, email=args.email, refresh_token=args.refresh_token,
+                                          tenant=args.tenant, verify=not args.no_verify)
+    print(f"connected {args.email.strip().lower()} as account {aid}; "
+          "it syncs when `maildesk serve` runs (or now with `maildesk account sync`)")
+    return 0
+
+
 async def _account_add_gmail(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as s:
         aid = await mailboxes.add_gmail(s, email=args.email, refresh_token=args.refresh_token,
@@ -343,7 +388,10 @@ _HANDLERS: dict[str, Handler] = {
     "push renew-due": _push_renew_due,
     "push gmail enable": _push_gmail_enable,
     "push gmail disable": _push_gmail_disable,
+    "push outlook enable": _push_outlook_enable,
+    "push outlook disable": _push_outlook_disable,
     "account add-gmail": _account_add_gmail,
+    "account add-outlook": _account_add_outlook,
     "account list": _account_list,
     "account sync": _account_sync,
     "account remove": _account_remove,

@@ -6,10 +6,12 @@ import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from maildesk.domain.accounts import AccountState, ProviderKind
+from maildesk.domain.accounts import AccountState, ProviderKind, TokenKind
 from maildesk.domain.push import PushState
-from maildesk.errors import InputError, MailDeskError
+from maildesk.errors import InputError, MailDeskError, OAuthInvalid, ScopeMissing
 from maildesk.providers.http import TokenSource
+from maildesk.providers.microsoft_oauth import token_kind
+from maildesk.providers.oauth import TokenGrant
 from maildesk.services import Services
 from maildesk.store import accounts as account_store
 from maildesk.store import push as push_store
@@ -47,21 +49,15 @@ async def add_gmail(
     With ``verify`` the token is exchanged once: the grant must be alive (else OAuthInvalid),
     its scopes are recorded, and the mailbox behind it must be ``email``.
     """
-    email = email.strip().lower()
-    if "@" not in email:
-        raise InputError(f"not an email address: {email!r}")
+    email = _email(email)
     if not refresh_token.strip():
         raise InputError("the refresh token is empty")
     scopes: frozenset[str] = frozenset()
     if verify:
         grant = await services.connectors.google_oauth.refresh(refresh_token.strip())
         scopes = grant.scopes
-
-        async def token(*, force_refresh: bool = False) -> str:
-            return grant.access_token
-
-        source: TokenSource = token
-        profile = await services.connectors.gmail_with_token(source).profile()
+        profile = await services.connectors.gmail_with_token(_fixed(grant.access_token)
+                                                             ).profile()
         if profile.email.lower() != email:
             raise InputError(f"the token belongs to {profile.email}, not {email}")
     async with services.db.transaction() as conn:
@@ -71,6 +67,73 @@ async def add_gmail(
         )
     services.worker.wake()
     return account_id
+
+
+async def add_outlook(
+    services: Services, *, email: str, refresh_token: str, tenant: str | None = None,
+    verify: bool = True,
+) -> int:
+    """Connect an Outlook / Microsoft 365 mailbox from an existing refresh token.
+
+    With ``verify`` the token is exchanged once: the grant must be alive, its kind (Graph or
+    IMAP/SMTP) and scopes are recorded, and for a Graph grant the mailbox behind it must be
+    ``email``. Microsoft rotates refresh tokens on every exchange, so what is stored is the
+    token that exchange returned, not the one given (which may already be spent).
+    An IMAP-only grant is stored too, marked as such: it syncs and pushes only once reconnected
+    with the Microsoft Graph option, and every place that refuses it says so.
+    """
+    email = _email(email)
+    token = refresh_token.strip()
+    if not token:
+        raise InputError("the refresh token is empty")
+    tenant = (tenant or services.settings.microsoft_tenant).strip()
+    scopes: frozenset[str] = frozenset()
+    kind: TokenKind | None = None
+    if verify:
+        grant = await _microsoft_grant(services, tenant, token)
+        scopes, kind = grant.scopes, token_kind(grant)
+        token = grant.refresh_token or token
+        if kind is TokenKind.GRAPH:
+            profile = await services.connectors.graph_with_token(_fixed(grant.access_token)
+                                                                 ).profile()
+            if profile.email.lower() != email:
+                raise InputError(f"the token belongs to {profile.email}, not {email}")
+    async with services.db.transaction() as conn:
+        account_id = await account_store.create(
+            conn, provider=ProviderKind.OUTLOOK, email=email, now=services.clock.now(),
+            refresh_token_enc=services.secrets.encrypt(token), scopes=scopes,
+            token_kind=kind.value if kind else None, settings={"tenant": tenant},
+        )
+    services.worker.wake()
+    return account_id
+
+
+async def _microsoft_grant(services: Services, tenant: str, token: str) -> TokenGrant:
+    """Exchange a Microsoft refresh token, asking for Graph scopes first. A grant consented
+    only for IMAP/SMTP is refused for Graph scopes (consent required): asking again with the
+    IMAP scopes tells such a grant apart from a dead one."""
+    try:
+        return await services.connectors.microsoft_oauth(tenant).refresh(token)
+    except (OAuthInvalid, ScopeMissing) as graph_refused:
+        try:
+            return await services.connectors.microsoft_oauth(tenant, TokenKind.IMAP).refresh(
+                token)
+        except MailDeskError:
+            raise graph_refused from None
+
+
+def _email(email: str) -> str:
+    email = email.strip().lower()
+    if "@" not in email:
+        raise InputError(f"not an email address: {email!r}")
+    return email
+
+
+def _fixed(access_token: str) -> TokenSource:
+    async def token(*, force_refresh: bool = False) -> str:
+        return access_token
+
+    return token
 
 
 async def reconnect_gmail(services: Services, account_id: int, *, refresh_token: str) -> None:

@@ -24,6 +24,8 @@ from maildesk.providers.google_certs import GoogleCerts
 from maildesk.providers.http import default_client
 from maildesk.push.gmail_webhook import GmailWebhook
 from maildesk.push.manager import GmailPush, PushManager
+from maildesk.push.outlook import OutlookPush
+from maildesk.push.outlook_webhook import OutlookWebhook
 from maildesk.push.recorder import NotificationRecorder
 from maildesk.secretbox import SecretBox
 from maildesk.store import jobs
@@ -35,6 +37,9 @@ from maildesk.sync.runner import SyncRunner
 from maildesk.sync.worker import PeriodicJob, Worker, new_owner_id
 
 EVENTS_KEPT = timedelta(days=7)
+# Lifecycle actions a webhook noted run at once (the webhook makes the job due); this sweep
+# only picks up what another process's webhook noted, or a failed action's retry.
+LIFECYCLE_SWEEP = 60.0
 
 
 @dataclass(slots=True)
@@ -49,6 +54,7 @@ class Services:
     worker: Worker
     push: PushManager
     gmail_webhook: GmailWebhook
+    outlook_webhook: OutlookWebhook
 
 
 @contextlib.asynccontextmanager
@@ -96,13 +102,34 @@ async def open_services(
         certs = GoogleCerts(connectors.http, settings.google_certs_url, clock)
         recorder = NotificationRecorder(db, clock, worker.wake)
         gmail_webhook = GmailWebhook(db=db, clock=clock, keys=certs, recorder=recorder)
+        # Graph lifecycle events are acted on by the worker, not inside the webhook request:
+        # the webhook marks the subscription and makes this job due at once.
+        lifecycle_job = PeriodicJob("push-lifecycle", LIFECYCLE_SWEEP, lambda: push.run_lifecycle())
+
+        def wake_push() -> None:
+            lifecycle_job.next_at = None
+            worker.wake()
+
+        outlook_webhook = OutlookWebhook(db=db, clock=clock, secrets=secrets, recorder=recorder,
+                                         wake=worker.wake, wake_push=wake_push)
+        outlook_push = OutlookPush(
+            graph_for=lambda a: connectors.graph(a.id, a.settings.get("tenant")),
+            secrets=secrets, settings=settings, clock=clock,
+        )
+
+        def config_changed() -> None:
+            gmail_webhook.invalidate()
+            outlook_webhook.invalidate()
+
         push = PushManager(
-            db=db, clock=clock, settings=settings, adapters=[GmailPush(connectors)],
-            wake=worker.wake, on_config_change=gmail_webhook.invalidate,
+            db=db, clock=clock, settings=settings,
+            adapters=[GmailPush(connectors), outlook_push], wake=worker.wake,
+            on_config_change=config_changed, secrets=secrets,
         )
         worker.periodic += [
             PeriodicJob("push-renewal", settings.push_renewal_interval, push.run_job),
+            lifecycle_job,
             PeriodicJob("maintenance", 3600.0, maintenance),
         ]
         yield Services(settings, db, clock, bus, secrets, connectors, runner, worker, push,
-                       gmail_webhook)
+                       gmail_webhook, outlook_webhook)

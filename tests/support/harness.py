@@ -23,10 +23,13 @@ from maildesk.domain.accounts import GMAIL_SCOPE_FULL
 from maildesk.services import Services, open_services
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.google import create_google_app
+from maildesk.sim.microsoft import create_microsoft_app
+from maildesk.sim.microsoft_state import MicrosoftState
 from maildesk.store.tables import folders, message_folders, messages
 from maildesk.sync.runner import SyncResult
 
 SIM = "http://sim"
+MS_SIM = "http://mssim"
 MAILDESK = "http://maildesk"
 CLIENT_ID = "maildesk-test-client"
 CLIENT_SECRET = "maildesk-test-secret"
@@ -44,21 +47,44 @@ def sim_settings(data_dir: Path, db_url: str, **overrides: Any) -> Settings:
         google_authorize_url=f"{SIM}/o/oauth2/v2/auth",
         gmail_api_url=SIM,
         google_certs_url=f"{SIM}/oauth2/v1/certs",
+        microsoft_client_id=CLIENT_ID,
+        microsoft_client_secret=CLIENT_SECRET,
+        microsoft_authority_url=MS_SIM,
+        graph_api_url=f"{MS_SIM}/v1.0",
+        base_url=MAILDESK,
+        allow_loopback_webhooks=True,
         prefetch_bodies=5,
     )
     return base.replace(**overrides)
 
 
+class _LateApp(httpx.AsyncBaseTransport):
+    """An ASGI transport to an app that exists only later: the Microsoft simulator needs a
+    client to MailDesk (for the validation handshake) before MailDesk's services are built."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.app is None:
+            raise httpx.ConnectError("MailDesk is not up yet", request=request)
+        return await httpx.ASGITransport(app=self.app).handle_async_request(request)
+
+
 class Harness:
     def __init__(
         self, services: Services, google: GoogleState, clock: ManualClock,
-        requests: list[httpx.Request],
+        requests: list[httpx.Request], microsoft: MicrosoftState,
+        to_maildesk: httpx.AsyncClient,
     ) -> None:
         self.services = services
         self.google = google
+        self.microsoft = microsoft
         self.clock = clock
-        # Every request MailDesk sent to the simulator, in order.
+        # Every request MailDesk sent to the simulators, in order.
         self.requests = requests
+        # The simulators' client to MailDesk's app (validation handshakes, notifications).
+        self.to_maildesk = to_maildesk
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -74,20 +100,32 @@ class Harness:
     ) -> AsyncIterator[Harness]:
         google = google or GoogleState(clock=clock, rng=random.Random(7))
         google.create_client(CLIENT_ID, CLIENT_SECRET)
+        microsoft = MicrosoftState(clock=clock, rng=random.Random(8),
+                                   notify_backoff_scale=0.001)
+        microsoft.register_app(CLIENT_ID, CLIENT_SECRET)
         transport = httpx.ASGITransport(app=create_google_app(google))
+        late = _LateApp()
         requests: list[httpx.Request] = []
 
         async def record(request: httpx.Request) -> None:
             requests.append(request)
 
-        async with httpx.AsyncClient(
-            transport=transport, base_url=SIM, event_hooks={"request": [record]}
-        ) as client:
+        async with (
+            httpx.AsyncClient(transport=late, base_url=MAILDESK) as to_maildesk,
+            httpx.AsyncClient(
+                transport=transport, base_url=SIM, event_hooks={"request": [record]},
+                mounts={MS_SIM: httpx.ASGITransport(
+                    app=create_microsoft_app(microsoft, outbound=to_maildesk))},
+            ) as client,
+        ):
             settings = sim_settings(data_dir, db_url, **overrides)
             async with open_services(
                 settings, clock=clock, http_client=client, owner=owner, rng=random.Random(3)
             ) as services:
-                yield cls(services, google, clock, requests)
+                from maildesk.app import create_app
+
+                late.app = create_app(services)
+                yield cls(services, google, clock, requests, microsoft, to_maildesk)
 
     @contextlib.asynccontextmanager
     async def second_worker(self, owner: str) -> AsyncIterator[Services]:
@@ -111,6 +149,7 @@ class Harness:
         async with (
             httpx.AsyncClient(transport=app_transport, base_url=MAILDESK) as client,
             self.google.pubsub.running(client),
+            self.microsoft.notifier.running(client),
             asyncio.TaskGroup() as group,
         ):
             group.create_task(self.services.worker.serve(stop))
@@ -130,6 +169,23 @@ class Harness:
         if seed:
             self.google.seed_mailbox(email, seed)
         return await mailboxes.add_gmail(self.services, email=email, refresh_token=token)
+
+    def outlook_grant(self, email: str, *, kind: str = "graph") -> str:
+        self.microsoft.ensure_mailbox(email)
+        return self.microsoft.grant(email, CLIENT_ID, kind=kind)
+
+    async def add_outlook(
+        self, email: str = "olivia@example.com", *, seed: int = 0, kind: str = "graph",
+    ) -> int:
+        token = self.outlook_grant(email, kind=kind)
+        if seed:
+            self.microsoft.seed_mailbox(email, seed)
+        return await mailboxes.add_outlook(self.services, email=email, refresh_token=token)
+
+    def outlook_state(self, email: str) -> dict[str, list[str]]:
+        """remote id -> [folder id], as the Microsoft simulator has them now."""
+        snapshot = self.microsoft.snapshot(email)
+        return {mid: [m["folder"]] for mid, m in snapshot["messages"].items()}
 
     async def sync(self) -> list[SyncResult]:
         """One scheduler round: claim the due mailboxes and run one sync of each."""

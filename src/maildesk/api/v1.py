@@ -145,6 +145,28 @@ async def disable_gmail_push(request: Request, s: Services, user: UserRow,
     return [p.to_json() for p in await push_status(s.db, frozenset({account_id}))]
 
 
+async def enable_outlook_push(request: Request, s: Services, user: UserRow,
+                              visible: frozenset[int] | None) -> Any:
+    account_id = _account_id(request, visible)
+    await s.push.enable(account_id, ProviderKind.OUTLOOK, {})
+    return [p.to_json() for p in await push_status(s.db, frozenset({account_id}))]
+
+
+async def disable_outlook_push(request: Request, s: Services, user: UserRow,
+                               visible: frozenset[int] | None) -> Any:
+    account_id = _account_id(request, visible)
+    await s.push.disable(account_id, ProviderKind.OUTLOOK)
+    return [p.to_json() for p in await push_status(s.db, frozenset({account_id}))]
+
+
+async def outlook_client_state(request: Request, s: Services, user: UserRow,
+                               visible: frozenset[int] | None) -> Any:
+    """The subscription's clientState secret: administrators only, never in listings."""
+    account_id = _account_id(request, visible)
+    return {"account_id": account_id,
+            "client_state": await s.push.client_state(account_id, ProviderKind.OUTLOOK)}
+
+
 async def renew_due(request: Request, s: Services, user: UserRow,
                     visible: frozenset[int] | None) -> Any:
     return {"result": await s.push.renew_due()}
@@ -159,5 +181,11 @@ def api_routes() -> list[Route]:
                admin=True),
         _route("/api/v1/accounts/{account_id}/push/gmail", disable_gmail_push, ["DELETE"],
                admin=True),
+        _route("/api/v1/accounts/{account_id}/push/outlook", enable_outlook_push, ["POST"],
+               admin=True),
+        _route("/api/v1/accounts/{account_id}/push/outlook", disable_outlook_push, ["DELETE"],
+               admin=True),
+        _route("/api/v1/accounts/{account_id}/push/outlook/client-state", outlook_client_state,
+               ["GET"], admin=True),
         _route("/api/v1/push/renew-due", renew_due, ["POST"], admin=True),
     ]

@@ -35,6 +35,7 @@ import httpx
 from maildesk.clock import Clock
 from maildesk.domain.backoff import Backoff
 from maildesk.errors import (
+    AuthError,
     OAuthInvalid,
     ProtocolViolation,
     ProviderUnavailable,
@@ -200,13 +201,16 @@ class ProviderHttp:
         auth: TokenSource | None = None,
         idempotent: bool = True,
         retry_if: Callable[[httpx.Response], bool] | None = None,
+        auth_failure: Callable[[httpx.Response], AuthError] | None = None,
     ) -> httpx.Response:
         """Send one request, retrying transient failures; return any non-transient answer.
 
         ``auth`` adds ``Authorization: Bearer …`` and enables the refresh-once-on-401 rule.
         ``idempotent=False`` (e.g. sending mail) retries only failures that prove the request
         was not processed: connection errors, 429 and rate-limit 403s. ``retry_if`` marks more
-        answers as transient (e.g. an OAuth ``temporarily_unavailable`` in a 400).
+        answers as transient (e.g. an OAuth ``temporarily_unavailable`` in a 400). ``auth_failure``
+        builds the error for a 401 that survived the refresh, for providers whose body tells
+        why (e.g. a Microsoft token for the wrong API); the default is OAuthInvalid.
 
         Raises RateLimited, ProviderUnavailable (both with ``retry_after``), OAuthInvalid, and
         ProtocolViolation for an answer httpx cannot decode.
@@ -250,6 +254,8 @@ class ProviderHttp:
             log.debug("%s -> %d (attempt %d)", where, status, sends)
             if status == 401 and auth is not None:
                 if refreshed:
+                    if auth_failure is not None:
+                        raise auth_failure(response)
                     raise OAuthInvalid(f"{where}: the provider rejected a freshly refreshed token")
                 refreshed = force_refresh = True
                 continue

@@ -50,26 +50,30 @@ class TokenGrant:
     token_type: str
 
 
-def parse_token_grant(payload: dict[str, Any]) -> TokenGrant:
-    """Read a 200 answer of the token endpoint; ProtocolViolation names a bad field."""
+def parse_token_grant(payload: dict[str, Any], *, provider: str = "Google") -> TokenGrant:
+    """Read a 200 answer of a token endpoint; ProtocolViolation names a bad field.
+
+    ``provider`` only names the answer's source in error messages (the shape is RFC 6749's).
+    """
+    where = f"{provider} token answer"
     access_token = payload.get("access_token")
     if not isinstance(access_token, str) or not access_token:
-        raise ProtocolViolation("Google token answer: field 'access_token' is missing or empty")
+        raise ProtocolViolation(f"{where}: field 'access_token' is missing or empty")
     # RFC 6749 makes expires_in optional; Google always sends ~3599. Assume an hour if absent.
     expires_in = payload.get("expires_in", 3600)
     if isinstance(expires_in, str) and expires_in.isascii() and expires_in.isdigit():
         expires_in = int(expires_in)
     if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in < 0:
-        raise ProtocolViolation("Google token answer: field 'expires_in' is not a number")
+        raise ProtocolViolation(f"{where}: field 'expires_in' is not a number")
     scope = payload.get("scope", "")
     if not isinstance(scope, str):
-        raise ProtocolViolation("Google token answer: field 'scope' is not a string")
+        raise ProtocolViolation(f"{where}: field 'scope' is not a string")
     refresh_token = payload.get("refresh_token")
     if refresh_token is not None and not isinstance(refresh_token, str):
-        raise ProtocolViolation("Google token answer: field 'refresh_token' is not a string")
+        raise ProtocolViolation(f"{where}: field 'refresh_token' is not a string")
     token_type = payload.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise ProtocolViolation("Google token answer: field 'token_type' is not 'Bearer'")
+        raise ProtocolViolation(f"{where}: field 'token_type' is not 'Bearer'")
     return TokenGrant(
         access_token=access_token,
         expires_in=expires_in,
@@ -79,7 +83,7 @@ def parse_token_grant(payload: dict[str, Any]) -> TokenGrant:
     )
 
 
-def _oauth_error_code(response: httpx.Response) -> str:
+def oauth_error_code(response: httpx.Response) -> str:
     """The ``error`` code of an OAuth error body, or "" when the body is not one."""
     try:
         payload = jsonlib.loads(response.content)
@@ -89,8 +93,9 @@ def _oauth_error_code(response: httpx.Response) -> str:
     return code if isinstance(code, str) else ""
 
 
-def _is_transient_oauth_error(response: httpx.Response) -> bool:
-    return response.is_client_error and _oauth_error_code(response) in _TRANSIENT_OAUTH_ERRORS
+def is_transient_oauth_error(response: httpx.Response) -> bool:
+    """A 4xx whose OAuth error code says "try again later" (``retry_if`` for ProviderHttp)."""
+    return response.is_client_error and oauth_error_code(response) in _TRANSIENT_OAUTH_ERRORS
 
 
 class GoogleOAuth:
@@ -145,11 +150,11 @@ class GoogleOAuth:
                 "grant_type": "refresh_token",
             },
             headers={"Accept": "application/json"},
-            retry_if=_is_transient_oauth_error,
+            retry_if=is_transient_oauth_error,
         )
         if response.is_success:
             return parse_token_grant(json_body(response))
-        code = _oauth_error_code(response)
+        code = oauth_error_code(response)
         status = response.status_code
         if code == "invalid_grant":
             # Google's own wording; never echo the token itself.
@@ -179,11 +184,11 @@ class GoogleOAuth:
             self._revoke_url,
             params={"token": token},
             headers={"Content-Type": "application/x-www-form-urlencoded"},
-            retry_if=_is_transient_oauth_error,
+            retry_if=is_transient_oauth_error,
         )
         if response.is_success:
             return True
-        code = _oauth_error_code(response)
+        code = oauth_error_code(response)
         if response.status_code == 400 and code in {"invalid_token", "invalid_grant"}:
             return False
         raise ProviderRejected(

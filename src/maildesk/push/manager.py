@@ -2,11 +2,15 @@
 
 One lifecycle for every provider (the state machine is in ``domain/push.py``); what differs per
 provider is only how a subscription is created, renewed and stopped, which ``ProviderPush``
-adapters supply. The renewal and silence jobs are periodic jobs of the worker.
+adapters supply (``GmailPush`` here, ``OutlookPush`` in ``push/outlook.py``). The push job
+(``run_job``) performs pending lifecycle actions (Graph's reauthorize / recreate requests, noted
+by the webhook and never performed inside a request), renews what is due and runs the silence
+detector, for every provider in one pass.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +20,15 @@ from typing import Any, Protocol
 from maildesk.clock import Clock
 from maildesk.config import Settings
 from maildesk.domain.accounts import ProviderKind
-from maildesk.domain.push import PushState, check_gmail_ready, renewal_due, silent
-from maildesk.errors import InputError, MailDeskError, NotReady
+from maildesk.domain.push import (
+    PushState,
+    check_gmail_ready,
+    renewal_due,
+    renewal_window,
+    silent,
+)
+from maildesk.errors import ConfigError, InputError, MailDeskError, NotReady
+from maildesk.secretbox import SecretBox
 from maildesk.store import accounts as account_store
 from maildesk.store import push as push_store
 from maildesk.store.accounts import AccountRow
@@ -30,18 +41,34 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Registration:
+    """What a provider answered to a registration or renewal.
+
+    ``client_state_enc``: a new (encrypted) shared secret to store, or None to keep the stored
+    one. ``resync``: the subscription was recreated (changes may have been missed meanwhile), so
+    the mailbox is stamped for a sync once the registration is stored.
+    """
+
     resource: str
     subscription_id: str
     expiration: datetime
     settings: dict[str, Any]
+    client_state_enc: str | None = None
+    resync: bool = False
 
 
 class ProviderPush(Protocol):
     provider: ProviderKind
 
-    def check_ready(self, account: AccountRow) -> None: ...
+    async def check_ready(self, account: AccountRow) -> None:
+        """The readiness guard: raises NotReady with the reason, or a typed provider error
+        from a real check that the stored grant works."""
+        ...
 
-    async def register(self, account: AccountRow, settings: dict[str, Any]) -> Registration: ...
+    async def register(
+        self, account: AccountRow, settings: dict[str, Any], previous: SubscriptionRow | None
+    ) -> Registration:
+        """Register anew; ``previous`` is the row being replaced, if any."""
+        ...
 
     async def renew(self, account: AccountRow, row: SubscriptionRow) -> Registration: ...
 
@@ -54,18 +81,21 @@ class GmailPush:
     def __init__(self, connectors: Connectors) -> None:
         self._connectors = connectors
 
-    def check_ready(self, account: AccountRow) -> None:
+    async def check_ready(self, account: AccountRow) -> None:
         check_gmail_ready(provider=account.provider,
                           has_refresh_token=bool(account.refresh_token_enc),
                           scopes=account.scopes)
 
-    async def register(self, account: AccountRow, settings: dict[str, Any]) -> Registration:
+    async def register(
+        self, account: AccountRow, settings: dict[str, Any],
+        previous: SubscriptionRow | None = None,
+    ) -> Registration:
         topic = settings["topic"]
         result = await self._connectors.gmail(account.id).watch(topic, ["INBOX"], "include")
         return Registration(topic, str(result.history_id), result.expiration, settings)
 
     async def renew(self, account: AccountRow, row: SubscriptionRow) -> Registration:
-        return await self.register(account, row.settings)
+        return await self.register(account, row.settings, row)
 
     async def stop(self, account: AccountRow, row: SubscriptionRow) -> None:
         await self._connectors.gmail(account.id).stop()
@@ -102,6 +132,7 @@ class PushManager:
         adapters: list[ProviderPush],
         wake: Callable[[], None],
         on_config_change: Callable[[], None] = lambda: None,
+        secrets: SecretBox | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -109,6 +140,10 @@ class PushManager:
         self.adapters = {a.provider: a for a in adapters}
         self._wake = wake
         self._on_config_change = on_config_change
+        self._secrets = secrets
+        # The job's parts must not overlap in one process (a webhook-triggered lifecycle run
+        # beside the periodic run would register the same subscription twice).
+        self._job_lock = asyncio.Lock()
 
     def _adapter(self, provider: ProviderKind) -> ProviderPush:
         adapter = self.adapters.get(provider)
@@ -122,11 +157,12 @@ class PushManager:
         """Readiness guard, then register; the subscription row records the outcome."""
         async with self.db.read() as conn:
             account = await account_store.get(conn, account_id)
+            previous = await push_store.get(conn, account_id, provider)
         adapter = self._adapter(provider)
-        adapter.check_ready(account)
+        await adapter.check_ready(account)
         await self._save(account_id, provider, state=PushState.PENDING, settings=settings)
         try:
-            registration = await adapter.register(account, settings)
+            registration = await adapter.register(account, settings, previous)
         except MailDeskError as exc:
             await self._failed(account_id, provider, exc)
             raise
@@ -145,7 +181,8 @@ class PushManager:
             # an unstopped Gmail watch simply expires within 7 days.
             log.warning("account %s: could not stop %s push at the provider: %s",
                         account_id, provider, exc.kind)
-        await self._save(account_id, provider, state=PushState.STOPPED)
+        # The shared secret of a stopped subscription is of no further use: forget it.
+        await self._save(account_id, provider, state=PushState.STOPPED, client_state_enc=None)
 
     async def renew_account(self, account_id: int, provider: ProviderKind) -> SubscriptionRow:
         async with self.db.read() as conn:
@@ -154,26 +191,67 @@ class PushManager:
         if row is None or row.sub.state is PushState.STOPPED:
             raise InputError(f"account {account_id} has no active {provider} push")
         try:
-            self._adapter(provider).check_ready(account)
+            await self._adapter(provider).check_ready(account)
             registration = await self._adapter(provider).renew(account, row)
         except MailDeskError as exc:
             await self._failed(account_id, provider, exc)
             raise
         return await self._registered(account, provider, registration)
 
+    async def client_state(
+        self, account_id: int, provider: ProviderKind = ProviderKind.OUTLOOK
+    ) -> str | None:
+        """The plaintext shared secret (Graph ``clientState``) of an account's subscription,
+        None if it has none (no subscription, Gmail, stopped).
+
+        For administrators only — the CLI/API check that; push status never includes it.
+        """
+        async with self.db.read() as conn:
+            row = await push_store.get(conn, account_id, provider)
+        if row is None or row.client_state_enc is None:
+            return None
+        if self._secrets is None:
+            raise ConfigError("MAILDESK_SECRET_KEY", "the push manager has no secret box")
+        return self._secrets.decrypt(row.client_state_enc)
+
+    async def run_lifecycle(self) -> str:
+        """Perform the lifecycle actions webhooks noted (Graph's ``reauthorizationRequired``:
+        reauthorize and renew; ``subscriptionRemoved``: register anew and resync). A failure is
+        recorded like a failed renewal (``error``, counted) and retried on every run."""
+        async with self._job_lock:
+            async with self.db.read() as conn:
+                rows = []
+                for provider in self.adapters:
+                    rows += await push_store.lifecycle_pending(conn, provider)
+            done = failed = 0
+            for row in rows:
+                try:
+                    await self.renew_account(row.sub.account_id, row.sub.provider)
+                    done += 1
+                except MailDeskError:
+                    failed += 1
+            return f"lifecycle {done} done, {failed} failed"
+
     async def renew_due(self) -> str:
-        """The renewal job: renew what expires within a day, is ~6 days old, or failed."""
+        """The renewal job: renew what expires within a day, is ~6 days old (Gmail), or
+        failed."""
+        async with self._job_lock:
+            return await self._renew_due()
+
+    async def _renew_due(self) -> str:
         now = self.clock.now()
         renewed = failed = 0
+        rows = []
         async with self.db.read() as conn:
-            rows = []
             for provider in self.adapters:
+                within, max_age = renewal_window(provider)
                 rows += await push_store.renewal_candidates(
-                    conn, provider=provider, expiring_before=now + timedelta(hours=24),
-                    renewed_before=now - timedelta(days=6),
+                    conn, provider=provider, expiring_before=now + within,
+                    renewed_before=None if max_age is None else now - max_age,
                 )
         for row in rows:
-            if not renewal_due(row.sub, now):
+            within, max_age = renewal_window(row.sub.provider)
+            if not renewal_due(row.sub, now, within=within, max_age=max_age):
                 continue
             try:
                 await self.renew_account(row.sub.account_id, row.sub.provider)
@@ -184,6 +262,10 @@ class PushManager:
 
     async def detect_silence(self) -> str:
         """Active subscriptions that heard nothing for the threshold → recovering + catch-up."""
+        async with self._job_lock:
+            return await self._detect_silence()
+
+    async def _detect_silence(self) -> str:
         now = self.clock.now()
         threshold = timedelta(seconds=self.settings.push_silence_threshold)
         async with self.db.read() as conn:
@@ -207,25 +289,38 @@ class PushManager:
         return f"{len(quiet)} silent subscriptions sent to catch-up"
 
     async def run_job(self) -> str:
-        """The periodic push job: renewal, then the silence detector."""
-        return f"{await self.renew_due()}; {await self.detect_silence()}"
+        """The periodic push job: pending lifecycle actions, renewal, the silence detector."""
+        lifecycle = await self.run_lifecycle()
+        return f"{await self.renew_due()}; {await self.detect_silence()}; {lifecycle}"
 
     # -------------------------------------------------------------------------------------
     async def _registered(
         self, account: AccountRow, provider: ProviderKind, registration: Registration
     ) -> SubscriptionRow:
         now = self.clock.now()
+        values: dict[str, Any] = {}
+        if registration.client_state_enc is not None:
+            values["client_state_enc"] = registration.client_state_enc
         async with self.db.transaction() as conn:
             await push_store.upsert(
                 conn, account_id=account.id, provider=provider, now=now,
                 resource=registration.resource, subscription_id=registration.subscription_id,
                 expiration=registration.expiration, state=PushState.ACTIVE.value,
                 failure_count=0, last_error=None, last_error_kind=None, last_renewal_at=now,
-                settings=registration.settings,
+                settings=registration.settings, **values,
             )
+            if registration.resync:
+                # Recreated: whatever changed while there was no subscription is fetched now.
+                await account_store.request_sync(conn, account.id, reason="push_resync",
+                                                 now=now)
+                await push_store.add_events(conn, [{
+                    "account_id": account.id, "provider": provider.value, "kind": "resync",
+                    "detail": "subscription recreated", "at": now}])
             row = await push_store.get(conn, account.id, provider)
         assert row is not None
         self._on_config_change()
+        if registration.resync:
+            self._wake()
         return row
 
     async def _failed(self, account_id: int, provider: ProviderKind, exc: MailDeskError) -> None:

@@ -27,6 +27,9 @@ from maildesk.errors import InputError
 from maildesk.sim.wire import SimRequest, SimResponse, google_error, oauth_error
 
 Handler = Callable[[SimRequest], Awaitable[SimResponse]]
+# Builds the error answer of a ``status`` rule in a simulator's own shape (Microsoft's Graph and
+# identity errors); ``None`` keeps Google's shapes.
+ErrorShape = Callable[[int, "FaultRule"], SimResponse]
 
 _RULE_FIELDS = frozenset(
     {
@@ -137,9 +140,16 @@ class FaultInjector:
         return None
 
     async def run(
-        self, request: SimRequest, handler: Handler, *, oauth: bool = False, global_latency: bool
+        self,
+        request: SimRequest,
+        handler: Handler,
+        *,
+        oauth: bool = False,
+        global_latency: bool,
+        shape: ErrorShape | None = None,
     ) -> SimResponse:
-        """Answer ``request`` through the rules; ``oauth`` picks the OAuth error shape.
+        """Answer ``request`` through the rules; ``oauth`` picks the OAuth error shape and
+        ``shape`` (if given) replaces both Google shapes.
 
         ``global_latency`` is false for batch sub-requests: the batch itself already waited.
         """
@@ -157,6 +167,10 @@ class FaultInjector:
             status = rule.status if rule.status is not None else 200
             if rule.body is not None:
                 return SimResponse(status, content=rule.body.encode(), headers=headers)
+            if shape is not None:
+                response = shape(status, rule)
+                response.headers.update(headers)
+                return response
             if oauth:
                 response = _oauth_fault(status)
                 response.headers.update(headers)

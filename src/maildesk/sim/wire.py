@@ -61,6 +61,9 @@ class SimRequest:
     query: Sequence[tuple[str, str]] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    # ``scheme://host[:port]`` the request was addressed to (absolute links are built from it);
+    # empty when unknown (batch sub-requests).
+    base_url: str = ""
 
     def json(self) -> Any:
         """The body parsed as JSON; an empty body is ``{}``. Raises ``ValueError`` if malformed."""

@@ -290,3 +290,83 @@ async def _log(conn: AsyncConnection, events: list[MailEvent], now: datetime) ->
     for i, e in enumerate(events):
         events[i] = MailEvent(e.account_id, e.kind, e.message_id, e.remote_id, e.folder_ids,
                               change_ids[e.message_id])
+
+
+# ------------------------------------------------------------------ single-folder providers
+# Outlook (and IMAP) keep a message in exactly one folder and report "left this folder" per
+# folder, so a move is an unlink in one folder plus a link in another, in either order. These
+# functions let an engine unlink without deleting (the message keeps its local id and cached
+# body) and delete only what is left in no folder once it knows the move cannot still arrive.
+async def folder_remote_ids(conn: AsyncConnection, folder_id: int) -> set[str]:
+    """Remote ids of the messages linked to one folder (walks ``ix_message_folders_folder``)."""
+    rows = await conn.execute(
+        select(messages.c.remote_id)
+        .select_from(message_folders.join(messages, messages.c.id == message_folders.c.message_id))
+        .where(message_folders.c.folder_id == folder_id)
+    )
+    return set(rows.scalars())
+
+
+async def unlink_messages(
+    conn: AsyncConnection,
+    account_id: int,
+    folder_id: int,
+    remote_ids: Iterable[str],
+    now: datetime,
+) -> list[MailEvent]:
+    """Take the given messages out of one folder. Each message that was linked to it gets an
+    ``UPDATED`` event carrying the folders it is still in (none: it is now an orphan); ids not
+    linked there (unknown, already moved, a replayed removal) change nothing and log nothing."""
+    events: list[MailEvent] = []
+    for chunk in _chunks(sorted(set(remote_ids))):
+        rows = (await conn.execute(
+            select(messages.c.id, messages.c.remote_id)
+            .select_from(messages.join(
+                message_folders, message_folders.c.message_id == messages.c.id
+            ))
+            .where(
+                messages.c.account_id == account_id,
+                messages.c.remote_id.in_(chunk),
+                message_folders.c.folder_id == folder_id,
+            )
+        )).all()
+        if not rows:
+            continue
+        ids = [int(r.id) for r in rows]
+        await conn.execute(delete(message_folders).where(
+            message_folders.c.folder_id == folder_id, message_folders.c.message_id.in_(ids)
+        ))
+        still: dict[int, list[int]] = {i: [] for i in ids}
+        for link in await conn.execute(select(message_folders).where(
+            message_folders.c.message_id.in_(ids)
+        )):
+            still[int(link.message_id)].append(int(link.folder_id))
+        events += [
+            MailEvent(account_id, ChangeKind.UPDATED, int(r.id), r.remote_id,
+                      tuple(sorted(still[int(r.id)])))
+            for r in rows
+        ]
+    if events:
+        await _log(conn, events, now)
+    return events
+
+
+async def delete_orphans(
+    conn: AsyncConnection, account_id: int, message_ids: Iterable[int], now: datetime
+) -> list[MailEvent]:
+    """Delete those of ``message_ids`` that sit in no folder (their bodies go with them);
+    return the ``REMOVED`` events, logged. A message linked again meanwhile is kept."""
+    events: list[MailEvent] = []
+    for chunk in _chunks(sorted(set(message_ids))):
+        linked = select(message_folders.c.message_id).where(
+            message_folders.c.message_id == messages.c.id
+        ).exists()
+        rows = await conn.execute(select(messages.c.remote_id).where(
+            messages.c.account_id == account_id, messages.c.id.in_(chunk), ~linked
+        ))
+        orphans = sorted(rows.scalars())
+        if orphans:
+            events += await _delete_chunk(conn, account_id, orphans)
+    if events:
+        await _log(conn, events, now)
+    return events

@@ -12,7 +12,7 @@ from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from maildesk.domain.accounts import ProviderKind
-from maildesk.domain.push import PushState, PushSubscription
+from maildesk.domain.push import LifecycleAction, PushState, PushSubscription, stronger_action
 from maildesk.store.tables import accounts, push_events, push_subscriptions
 
 
@@ -81,10 +81,15 @@ async def upsert(
 
 async def renewal_candidates(
     conn: AsyncConnection, *, provider: ProviderKind, expiring_before: datetime,
-    renewed_before: datetime,
+    renewed_before: datetime | None,
 ) -> list[SubscriptionRow]:
-    """Subscriptions that may need renewal (the domain rule decides): expiring soon, old, or
-    failed. Indexed on (state, expiration), so the tick grows with due rows only."""
+    """Subscriptions that may need renewal (the domain rule decides): expiring soon, old (unless
+    ``renewed_before`` is None: no age rule), or failed. Indexed on (state, expiration), so the
+    tick grows with due rows only."""
+    due = [push_subscriptions.c.expiration.is_(None),
+           push_subscriptions.c.expiration <= expiring_before]
+    if renewed_before is not None:
+        due.append(push_subscriptions.c.last_renewal_at <= renewed_before)
     rows = await conn.execute(select(push_subscriptions).where(
         push_subscriptions.c.provider == provider.value,
         or_(
@@ -93,11 +98,7 @@ async def renewal_candidates(
                 push_subscriptions.c.state.in_(
                     [PushState.ACTIVE.value, PushState.RECOVERING.value]
                 ),
-                or_(
-                    push_subscriptions.c.expiration.is_(None),
-                    push_subscriptions.c.expiration <= expiring_before,
-                    push_subscriptions.c.last_renewal_at <= renewed_before,
-                ),
+                or_(*due),
             ),
         ),
     ))
@@ -131,6 +132,70 @@ async def gmail_verification_config(conn: AsyncConnection) -> list[GmailConfigRo
                push_subscriptions.c.state != PushState.STOPPED.value)
     )
     return [(int(a), str(e), str(s), json.loads(j or "{}")) for a, e, s, j in rows]
+
+
+async def client_states(
+    conn: AsyncConnection, provider: ProviderKind
+) -> list[tuple[str, int, str]]:
+    """(subscription id, account id, encrypted clientState) of every subscription of
+    ``provider`` that is not stopped: what a webhook accepts notifications for."""
+    rows = await conn.execute(
+        select(push_subscriptions.c.subscription_id, push_subscriptions.c.account_id,
+               push_subscriptions.c.client_state_enc)
+        .where(push_subscriptions.c.provider == provider.value,
+               push_subscriptions.c.state != PushState.STOPPED.value,
+               push_subscriptions.c.subscription_id.is_not(None),
+               push_subscriptions.c.client_state_enc.is_not(None))
+    )
+    return [(str(s), int(a), str(c)) for s, a, c in rows]
+
+
+# The key under which a pending lifecycle action (domain.push.LifecycleAction) is kept in a
+# subscription's settings until the push job performed it.
+LIFECYCLE_KEY = "lifecycle"
+
+
+async def lifecycle_pending(
+    conn: AsyncConnection, provider: ProviderKind
+) -> list[SubscriptionRow]:
+    """Subscriptions with a lifecycle action waiting (reauthorize / recreate). Rare; the text
+    match is on the canonical (sorted-keys) JSON that ``upsert`` writes."""
+    rows = await conn.execute(select(push_subscriptions).where(
+        push_subscriptions.c.provider == provider.value,
+        push_subscriptions.c.state != PushState.STOPPED.value,
+        push_subscriptions.c.settings_json.like(f'%"{LIFECYCLE_KEY}": %'),
+    ).order_by(push_subscriptions.c.id))
+    return [r for r in (_row(x) for x in rows) if r.settings.get(LIFECYCLE_KEY)]
+
+
+async def mark_lifecycle(
+    conn: AsyncConnection,
+    *,
+    account_id: int,
+    provider: ProviderKind,
+    subscription_id: str,
+    action: LifecycleAction,
+    now: datetime,
+    state: PushState | None = None,
+) -> bool:
+    """Note a pending lifecycle action on the subscription ``subscription_id`` (if it is still
+    the account's current one), merged with one already pending; ``state`` optionally changes
+    the state with it (an ``error`` row stays ``error``: it is retried every run anyway)."""
+    row = await get(conn, account_id, provider)
+    if row is None or row.sub.subscription_id != subscription_id or (
+        row.sub.state is PushState.STOPPED
+    ):
+        return False
+    try:
+        pending = LifecycleAction(row.settings.get(LIFECYCLE_KEY, ""))
+    except ValueError:
+        pending = None
+    merged = stronger_action(pending, action)
+    values: dict[str, Any] = {"settings": {**row.settings, LIFECYCLE_KEY: str(merged)}}
+    if state is not None and row.sub.state is not PushState.ERROR:
+        values["state"] = state.value
+    await upsert(conn, account_id=account_id, provider=provider, now=now, **values)
+    return True
 
 
 async def record_notifications(
@@ -174,3 +239,35 @@ async def events_since(
 async def prune_events(conn: AsyncConnection, older_than: datetime) -> int:
     result = await conn.execute(delete(push_events).where(push_events.c.at < older_than))
     return int(result.rowcount)
+
+
+
+# Blocking variants for ``Database.run_write`` (one transaction as one call on SQLite's writer
+# thread): the webhook's group commit runs these for every batch.
+from sqlalchemy import Connection  # noqa: E402  (kept with the functions that use it)
+
+
+def add_events_blocking(conn: Connection, events: Sequence[dict[str, Any]]) -> None:
+    if events:
+        conn.execute(insert(push_events), list(events))
+
+
+def record_notifications_blocking(
+    conn: Connection, account_ids: Sequence[int], provider: ProviderKind, now: datetime
+) -> None:
+    """``record_notifications`` in one statement: note the notification; a recovering
+    subscription is active again."""
+    from sqlalchemy import case, literal  # here: these functions were added at the end
+
+    if not account_ids:
+        return
+    recovering = push_subscriptions.c.state == PushState.RECOVERING.value
+    at = literal(now, push_subscriptions.c.updated_at.type)
+    conn.execute(update(push_subscriptions).where(
+        push_subscriptions.c.account_id.in_(sorted(set(account_ids))),
+        push_subscriptions.c.provider == provider.value,
+    ).values(
+        last_notification_at=now,
+        state=case((recovering, PushState.ACTIVE.value), else_=push_subscriptions.c.state),
+        updated_at=case((recovering, at), else_=push_subscriptions.c.updated_at),
+    ))
