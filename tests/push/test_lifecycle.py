@@ -77,7 +77,7 @@ async def test_readiness_guard_refuses_with_reasons(harness: Harness) -> None:
         await account_store.update_fields(conn, narrow, refresh_token_enc=None)
     with pytest.raises(NotReady, match="no stored refresh token"):
         await h.services.push.enable(narrow, ProviderKind.GMAIL, SETTINGS)
-    with pytest.raises(NotReady, match="not available for outlook"):
+    with pytest.raises(NotReady, match="not an Outlook"):
         await h.services.push.enable(narrow, ProviderKind.OUTLOOK, SETTINGS)
     assert h.google.snapshot("narrow@example.com")["watch"] is None
 
