@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -35,14 +36,33 @@ def test_demo_syncs_the_seeded_mailbox_and_new_mail_keeps_arriving(tmp_path: Pat
         assert demo.stdout is not None
         banner = demo.stdout.readline()
         assert banner.startswith("MailDesk demo: "), banner
-        page = ""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            page = httpx.get(f"http://127.0.0.1:{port}/mailboxes/1", timeout=5).text
-            if "Inbox" in page:
-                break
-            time.sleep(0.2)
-        assert "Inbox" in page, "the live inbox is served"
+        credentials = demo.stdout.readline()
+        found = re.match(r"Sign in as (\S+) with password (\S+) ", credentials)
+        assert found is not None, credentials
+        email, password = found.groups()
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=5) as browser:
+            # Sign-in is required, as under `maildesk serve`.
+            assert browser.get("/mailboxes/1").status_code == 303
+            form = browser.get("/signin").text
+            token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+            assert token is not None
+            wrong = browser.post("/signin", data={"csrf_token": token.group(1), "email": email,
+                                                  "password": password + "x"})
+            assert wrong.status_code == 400
+            signed_in = browser.post("/signin", data={
+                "csrf_token": token.group(1), "email": email, "password": password,
+                "next": "/mailboxes/1"})
+            assert signed_in.status_code == 303, signed_in.text
+            page = ""
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                page = browser.get("/mailboxes/1").text
+                if "Inbox" in page:
+                    break
+                time.sleep(0.2)
+            assert "Inbox" in page, "the live inbox is served"
+            assert "Jobs" in browser.get("/admin/jobs").text, "the demo user is an admin"
         out, err = demo.communicate(timeout=60)
     finally:
         if demo.poll() is None:

@@ -16,30 +16,21 @@ from collections.abc import Generator
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 
 from maildesk.api.v1 import api_routes
 from maildesk.config import Settings
 from maildesk.errors import ConfigError
 from maildesk.push.routes import push_routes
 from maildesk.services import Services, open_services
-from maildesk.web.access import AccessPolicy
-from maildesk.web.routes import web_routes
+from maildesk.web.routes import web_app
 
 log = logging.getLogger(__name__)
 
-_INDEX = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>MailDesk</title></head><body style="font-family:system-ui;margin:3rem">
-<h1>MailDesk is running</h1><p>Health: <a href="/healthz">/healthz</a></p></body></html>"""
-
-
-def create_app(services: Services, *, access: AccessPolicy | None = None) -> Starlette:
-    """The ASGI app. The mailbox pages and their websocket are mounted only with an ``access``
-    policy: until sign-in exists, a plain ``maildesk serve`` exposes no mail at all."""
-
-    async def index(request: Request) -> Response:
-        return HTMLResponse(_INDEX)
+def create_app(services: Services) -> Starlette:
+    """The ASGI app: health check, push webhooks, the REST API, and the web UI, which always
+    requires sign-in (sessions, roles, CSRF: ``web/auth.py``)."""
 
     async def healthz(request: Request) -> Response:
         try:
@@ -54,11 +45,8 @@ def create_app(services: Services, *, access: AccessPolicy | None = None) -> Sta
         Route("/healthz", healthz),
         *push_routes(services.gmail_webhook, services.outlook_webhook),
         *api_routes(),
+        Mount("", app=web_app(services)),  # last: it answers every other path
     ]
-    if access is None:
-        routes.append(Route("/", index))
-    else:
-        routes += web_routes(services, access)
     app = Starlette(routes=routes)
     app.state.services = services
     return app

@@ -1,9 +1,11 @@
 """`maildesk demo`: the embedded default, end to end, on one machine with no accounts anywhere.
 
 SQLite in a data folder, the Google simulator on a free loopback port, a seeded Gmail mailbox
-connected through the real OAuth + Gmail client code, a gentle generator of new mail, and a
-log line per arrival as the store commits it. Each start resets the demo's own database (the
-simulator keeps its mailbox in memory, so an old store would describe a mailbox that is gone).
+connected through the real OAuth + Gmail client code, an administrator with a fresh random
+password (printed once, at start), a gentle generator of new mail, and a log line per arrival
+as the store commits it. The web UI needs sign-in exactly as under ``maildesk serve``. Each start
+resets the demo's own database (the simulator keeps its mailbox in memory, so an old store would
+describe a mailbox that is gone).
 
 This module is the one place outside tests that imports the simulators.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from pathlib import Path
 
 from sqlalchemy import select
@@ -23,18 +26,20 @@ from maildesk.config import Settings
 from maildesk.domain.accounts import GMAIL_SCOPE_FULL, ProviderKind
 from maildesk.domain.events import ChangeKind
 from maildesk.live.bus import LiveBus
+from maildesk.passwords import hash_password
 from maildesk.push.manager import gmail_push_settings
 from maildesk.services import Services, open_services
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.google import create_google_app
 from maildesk.sim.server import serve_app
 from maildesk.store import accounts as account_store
+from maildesk.store import users as user_store
 from maildesk.store.tables import messages
-from maildesk.web.access import AllowAllInDemo
 
 log = logging.getLogger("maildesk.demo")
 
 DEMO_EMAIL = "support@demo.maildesk.test"
+DEMO_ADMIN = "admin@demo.maildesk.test"
 DEMO_PROJECT = "maildesk-demo"
 DEMO_TOPIC = f"projects/{DEMO_PROJECT}/topics/gmail-push"
 DEMO_SIGNER = f"gmail-push@{DEMO_PROJECT}.iam.gserviceaccount.com"
@@ -85,7 +90,10 @@ async def run_demo(
             await services.push.enable(account_id, ProviderKind.GMAIL, gmail_push_settings(
                 project=DEMO_PROJECT, topic=DEMO_TOPIC, audience=push_url,
                 signers=[DEMO_SIGNER]))
+            password = await _create_admin(services)
             print(f"MailDesk demo: http://127.0.0.1:{port}/  (data in {data_dir})")
+            print(f"Sign in as {DEMO_ADMIN} with password {password}  (administrator; a new "
+                  "random password every start)")
             print(f"Google simulator: {sim_url}  mailbox {DEMO_EMAIL}: {messages} seeded "
                   f"messages, a new one every {interval:g} s. Ctrl-C stops.", flush=True)
             stop = asyncio.Event()
@@ -96,8 +104,16 @@ async def run_demo(
                     group.create_task(_progress(services, account_id, stop))
                     if duration > 0:
                         group.create_task(_stop_after(duration, stop))
-                    await serve_until(create_app(services, access=AllowAllInDemo()), services,
-                                      stop)
+                    await serve_until(create_app(services), services, stop)
+
+
+async def _create_admin(services: Services) -> str:
+    """The demo's administrator, with a random password that is only ever printed."""
+    password = secrets.token_urlsafe(12)
+    async with services.db.transaction() as conn:
+        await user_store.create(conn, email=DEMO_ADMIN, password_hash=hash_password(password),
+                                is_admin=True, now=services.clock.now())
+    return password
 
 
 def _fresh_data_dir(data_dir: Path) -> Path:

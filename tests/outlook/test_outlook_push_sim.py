@@ -5,7 +5,7 @@ events and renewal. Polling is effectively off (days), so what arrives here came
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -39,10 +39,18 @@ async def _enable(h: Harness) -> int:
     return account_id
 
 
-async def _converged(h: Harness, account_id: int) -> None:
+async def _until(condition: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``condition`` until it holds (simulator state has no event to wait on)."""
     async with asyncio.timeout(WAIT):
-        while await h.store_state(account_id) != h.outlook_state(EMAIL):
+        while not await condition():  # noqa: ASYNC110 - polling state without an event
             await asyncio.sleep(0.02)
+
+
+async def _converged(h: Harness, account_id: int) -> None:
+    async def same() -> bool:
+        return await h.store_state(account_id) == h.outlook_state(EMAIL)
+
+    await _until(same)
 
 
 async def test_register_runs_the_handshake_on_both_urls_and_stores_graphs_answer(
@@ -57,11 +65,13 @@ async def test_register_runs_the_handshake_on_both_urls_and_stores_graphs_answer
     async with h.services.db.read() as conn:
         row = await push_store.get(conn, account_id, ProviderKind.OUTLOOK)
         raw = (await conn.execute(select(push_subscriptions.c.client_state_enc))).scalar_one()
-    assert row is not None and row.sub.state is PushState.ACTIVE
+    assert row is not None
+    assert row.sub.state is PushState.ACTIVE
     assert row.sub.subscription_id == sim_sub.id
     assert row.sub.expiration == sim_sub.expiration
     # The secret Graph echoes is stored encrypted, never as plaintext.
-    assert sim_sub.client_state and sim_sub.client_state not in raw
+    assert sim_sub.client_state
+    assert sim_sub.client_state not in raw
     assert await h.services.push.client_state(account_id, ProviderKind.OUTLOOK) == \
         sim_sub.client_state
 
@@ -81,7 +91,8 @@ async def test_arrivals_and_deletes_arrive_through_push_alone(pushing: Harness) 
     assert acked, "the simulator delivered no notification"
     async with h.services.db.read() as conn:
         row = await push_store.get(conn, account_id, ProviderKind.OUTLOOK)
-    assert row is not None and row.sub.last_notification_at is not None
+    assert row is not None
+    assert row.sub.last_notification_at is not None
 
 
 async def test_imap_only_token_is_refused_by_the_readiness_guard(pushing: Harness) -> None:
@@ -98,9 +109,10 @@ async def test_subscription_removed_is_recreated_and_missed_resyncs(pushing: Har
     (first,) = list(h.microsoft.subscriptions.by_id)
     async with h.serving():
         h.microsoft.lifecycle(first, "subscriptionRemoved")
-        async with asyncio.timeout(WAIT):
-            while not (set(h.microsoft.subscriptions.by_id) - {first}):
-                await asyncio.sleep(0.02)
+        async def recreated() -> bool:
+            return bool(set(h.microsoft.subscriptions.by_id) - {first})
+
+        await _until(recreated)
         (second,) = list(h.microsoft.subscriptions.by_id)
         # Mail that changed while no subscription existed arrives via the resync.
         h.microsoft.add_message(EMAIL, subject="while removed")
@@ -108,7 +120,8 @@ async def test_subscription_removed_is_recreated_and_missed_resyncs(pushing: Har
         await _converged(h, account_id)
     async with h.services.db.read() as conn:
         row = await push_store.get(conn, account_id, ProviderKind.OUTLOOK)
-    assert row is not None and row.sub.subscription_id == second
+    assert row is not None
+    assert row.sub.subscription_id == second
     assert row.sub.state is PushState.ACTIVE
 
 
@@ -118,9 +131,10 @@ async def test_reauthorization_required_reauthorizes_and_renews(pushing: Harness
     (sub_id,) = list(h.microsoft.subscriptions.by_id)
     async with h.serving():
         h.microsoft.lifecycle(sub_id, "reauthorizationRequired")
-        async with asyncio.timeout(WAIT):
-            while h.microsoft.subscriptions.by_id[sub_id].reauthorized_at is None:
-                await asyncio.sleep(0.02)
+        async def reauthorized() -> bool:
+            return h.microsoft.subscriptions.by_id[sub_id].reauthorized_at is not None
+
+        await _until(reauthorized)
 
 
 async def test_renewal_on_a_virtual_clock_patches_before_expiry(
@@ -137,5 +151,6 @@ async def test_renewal_on_a_virtual_clock_patches_before_expiry(
     assert renewed > expires
     async with h.services.db.read() as conn:
         row = await push_store.get(conn, account_id, ProviderKind.OUTLOOK)
-    assert row is not None and row.sub.expiration == renewed
+    assert row is not None
+    assert row.sub.expiration == renewed
     assert row.sub.subscription_id == sub_id  # renewed in place, not recreated

@@ -3,6 +3,7 @@ identity client, Graph client, sync engine and store, on both databases."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from sqlalchemy import text
@@ -18,7 +19,8 @@ async def test_seeded_mailbox_syncs_to_identical_state(
     async with Harness.open(db_url=db_url, clock=clock, data_dir=tmp_path) as h:
         account_id = await h.add_outlook("olivia@example.com", seed=120)
         results = await h.sync_until_idle()
-        assert results and all(r.status == "ok" for r in results), results
+        assert results
+        assert all(r.status == "ok" for r in results), results
         assert await h.store_state(account_id) == h.outlook_state("olivia@example.com")
         assert len(await h.store_state(account_id)) == 120
 
@@ -37,9 +39,10 @@ async def test_rotated_refresh_token_is_stored_and_used_next_time(
         await mailboxes_request_sync(h, account_id)
         assert all(r.status == "ok" for r in await h.sync_until_idle())
         exchanges = [e for e in h.microsoft.exchanges if e.grant_type == "refresh_token"]
-        assert len(exchanges) >= 3 and all(e.error is None for e in exchanges)
+        assert len(exchanges) >= 3
+        assert all(e.error is None for e in exchanges)
         # Each exchange presented the token the previous one issued.
-        for before, after in zip(exchanges, exchanges[1:], strict=False):
+        for before, after in itertools.pairwise(exchanges):
             assert after.used == before.issued
         assert len(await h.store_state(account_id)) == 6
 

@@ -1,7 +1,8 @@
 """The live inbox: mailbox pages, the sandboxed message view, access, and the websocket.
 
-Pages are driven in-process (httpx ASGITransport); the websocket over a real uvicorn server on a
-free loopback port with the ``websockets`` client, in the same event loop as the services.
+Pages are driven in-process (httpx ASGITransport) by a signed-in client; the websocket over a
+real uvicorn server on a free loopback port with the ``websockets`` client (carrying the session
+cookie and this site's Origin), in the same event loop as the services.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
 from maildesk import mailboxes
-from maildesk.app import create_app
 from maildesk.domain.events import ChangeKind, MailEvent
 from maildesk.domain.mail import FolderRole
 from maildesk.live.websocket import MailboxSocket
@@ -35,10 +35,10 @@ from maildesk.sim.server import serve_app
 from maildesk.store import views
 from maildesk.store.tables import bodies, folders, message_folders, messages
 from maildesk.store.views import FolderView
-from maildesk.web.access import AllowAllInDemo
 from maildesk.web.folders import sidebar
 from maildesk.web.inbox import decode_cursor, encode_cursor
 from tests.support.harness import Harness
+from tests.web.support import ADMIN, AGENT, Site
 
 EMAIL = "inbox@example.com"
 OTHER = "other@example.com"
@@ -95,11 +95,29 @@ def older_link(page: _Page) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def client_for(h: Harness, **kwargs: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(h.services, **kwargs)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://maildesk.test") as client:
+async def client_for(h: Harness, *, share: tuple[int, ...] | None = None
+                     ) -> AsyncIterator[httpx.AsyncClient]:
+    """Signed in as an administrator, or (``share``) as a user the given mailboxes are shared
+    with."""
+    site = Site(h)
+    email = ADMIN if share is None else AGENT
+    await site.user(email, admin=share is None, share=share or ())
+    async with site.client(email) as client:
         yield client
+
+
+@contextlib.asynccontextmanager
+async def served(h: Harness, *, share: tuple[int, ...] | None = None
+                 ) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """The app on a loopback port, and the headers of a signed-in browser on it (the session
+    cookie and the page's Origin)."""
+    site = Site(h)
+    email = ADMIN if share is None else AGENT
+    await site.user(email, admin=share is None, share=share or ())
+    async with site.client(email) as client:
+        cookie = f"maildesk_session={client.cookies['maildesk_session']}"
+    async with serve_app(site.app) as base:
+        yield base, {"Cookie": cookie, "Origin": base}
 
 
 async def inbox_id(h: Harness, account_id: int) -> int:
@@ -150,20 +168,12 @@ def ws_url(base: str, account_id: int, query: str = "") -> str:
     return base.replace("http://", "ws://") + f"/ws/mailboxes/{account_id}{query}"
 
 
-class OnlyAccounts:
-    def __init__(self, *ids: int) -> None:
-        self.ids = frozenset(ids)
-
-    async def visible_accounts(self, request: HTTPConnection) -> frozenset[int] | None:
-        return self.ids
-
-
 # ------------------------------------------------------------------------------- pages
 async def test_mailbox_list_shows_each_mailbox_with_its_count(harness: Harness) -> None:
     h = harness
     account_id = await h.add_gmail(EMAIL, seed=20)
     await h.sync_until_idle()
-    async with client_for(h, access=AllowAllInDemo()) as client:
+    async with client_for(h) as client:
         response = await client.get("/")
     assert response.status_code == 200
     assert EMAIL in response.text
@@ -194,7 +204,7 @@ async def test_folder_is_newest_first_and_paginates_by_keyset(harness: Harness) 
     seen: list[int] = []
     pages = 0
     url: str | None = f"/mailboxes/{account_id}"
-    async with client_for(h, access=AllowAllInDemo()) as client:
+    async with client_for(h) as client:
         while url is not None:
             response = await client.get(url)
             assert response.status_code == 200
@@ -253,7 +263,7 @@ async def test_sidebar_counts_match_the_provider_and_order_is_inbox_system_label
         remote_of = {int(i): r for i, r in await conn.execute(
             select(folders.c.id, folders.c.remote_id).where(folders.c.account_id == account_id))}
     state = h.provider_state(EMAIL)
-    async with client_for(h, access=AllowAllInDemo()) as client:
+    async with client_for(h) as client:
         response = await client.get(f"/mailboxes/{account_id}")
     shown = parse(response.text).folders
     assert shown, "the sidebar lists folders"
@@ -300,7 +310,7 @@ async def test_message_page_shows_the_sanitized_body_in_a_sandboxed_frame(
                                   to=EMAIL, text="plain part", html=HOSTILE)
     await synced(h, account_id)
     mid = await message_id_of(h, remote)
-    async with client_for(h, access=AllowAllInDemo()) as client:
+    async with client_for(h) as client:
         response = await client.get(f"/mailboxes/{account_id}/messages/{mid}")
     assert response.status_code == 200
     csp = response.headers["content-security-policy"]
@@ -332,7 +342,7 @@ async def test_message_page_says_plainly_when_the_body_is_not_cached(harness: Ha
     async with h.services.db.transaction() as conn:
         mid = int(await conn.scalar(select(func.min(messages.c.id))) or 0)
         await conn.execute(delete(bodies).where(bodies.c.message_id == mid))
-    async with client_for(h, access=AllowAllInDemo()) as client:
+    async with client_for(h) as client:
         response = await client.get(f"/mailboxes/{account_id}/messages/{mid}")
     assert response.status_code == 200
     assert "has not been downloaded yet" in response.text
@@ -343,7 +353,7 @@ async def test_unknown_mailbox_folder_message_and_page_are_404(harness: Harness)
     h = harness
     account_id = await h.add_gmail(EMAIL, seed=3)
     await h.sync_until_idle()
-    async with client_for(h, access=AllowAllInDemo()) as client:
+    async with client_for(h) as client:
         for url in (f"/mailboxes/{account_id + 1}", f"/mailboxes/{account_id}?folder=99999",
                     f"/mailboxes/{account_id}?folder=abc",
                     f"/mailboxes/{account_id}?before=nonsense",
@@ -353,19 +363,28 @@ async def test_unknown_mailbox_folder_message_and_page_are_404(harness: Harness)
             assert "Content-Security-Policy" in response.headers
 
 
-async def test_without_an_access_policy_no_mail_is_served(harness: Harness) -> None:
+async def test_without_sign_in_no_mail_is_served(harness: Harness) -> None:
     h = harness
     account_id = await h.add_gmail(EMAIL, seed=3)
     await h.sync_until_idle()
-    async with client_for(h) as client:
-        assert (await client.get(f"/mailboxes/{account_id}")).status_code == 404
-        assert (await client.get(f"/mailboxes/{account_id}/messages/1")).status_code == 404
-        assert (await client.get("/static/inbox.js")).status_code == 404
-        index = await client.get("/")
-        assert index.status_code == 200
-        assert "MailDesk is running" in index.text
-        assert EMAIL not in index.text
+    site = Site(h)
+    async with site.client() as client:
+        for url in ("/", f"/mailboxes/{account_id}", f"/mailboxes/{account_id}/messages/1",
+                    f"/mailboxes/{account_id}/account"):
+            response = await client.get(url)
+            assert response.status_code == 303, url
+            assert response.headers["location"].startswith("/signin?next="), url
+            assert EMAIL not in response.text
+        signin = await client.get("/signin")
+        assert signin.status_code == 200
+        assert EMAIL not in signin.text
         assert (await client.get("/healthz")).status_code == 200
+    async with serve_app(site.app) as base:
+        with pytest.raises(InvalidStatus) as refused:
+            async with websockets.connect(ws_url(base, account_id), origin=base):  # type: ignore[arg-type]
+                pass
+        assert refused.value.response.status_code == 404
+    assert h.services.bus.subscriber_count == 0
 
 
 async def test_accounts_outside_the_visible_set_are_404_everywhere(harness: Harness) -> None:
@@ -376,24 +395,37 @@ async def test_accounts_outside_the_visible_set_are_404_everywhere(harness: Harn
     async with h.services.db.read() as conn:
         their_message = int(await conn.scalar(
             select(func.min(messages.c.id)).where(messages.c.account_id == theirs)) or 0)
-    access = OnlyAccounts(mine)
-    async with client_for(h, access=access) as client:
+    async with client_for(h, share=(mine,)) as client:
         index = await client.get("/")
         assert EMAIL in index.text
         assert OTHER not in index.text
         assert (await client.get(f"/mailboxes/{mine}")).status_code == 200
         assert (await client.get(f"/mailboxes/{theirs}")).status_code == 404
+        assert (await client.get(f"/mailboxes/{theirs}/account")).status_code == 404
         response = await client.get(f"/mailboxes/{theirs}/messages/{their_message}")
         assert response.status_code == 404
         # Their message under my mailbox's URL is no way in either.
         response = await client.get(f"/mailboxes/{mine}/messages/{their_message}")
         assert response.status_code == 404
-    async with serve_app(create_app(h.services, access=access)) as base:
+    async with served(h, share=(mine,)) as (base, headers):
+        async with websockets.connect(ws_url(base, mine), additional_headers=headers) as ws:
+            await next_event(ws, "hello")
         with pytest.raises(InvalidStatus) as refused:
-            async with websockets.connect(ws_url(base, theirs)):
+            async with websockets.connect(ws_url(base, theirs), additional_headers=headers):
                 pass
         assert refused.value.response.status_code == 404
-    assert h.services.bus.subscriber_count == 0
+        # Another site's page, with the user's cookie: refused before anything else.
+        with pytest.raises(InvalidStatus) as refused:
+            async with websockets.connect(ws_url(base, mine), additional_headers={
+                    **headers, "Origin": "http://evil.example"}):
+                pass
+        assert refused.value.response.status_code == 403
+        with pytest.raises(InvalidStatus) as refused:
+            async with websockets.connect(ws_url(base, mine), additional_headers={
+                    "Cookie": headers["Cookie"]}):
+                pass
+        assert refused.value.response.status_code == 403, "no Origin: not a page of this site"
+    await wait_for(lambda: h.services.bus.subscriber_count == 0, "subscriptions released")
 
 
 # ------------------------------------------------------------------------------- websocket
@@ -406,8 +438,8 @@ async def test_websocket_pushes_added_then_left_inbox_and_releases_on_close(
     inbox = await inbox_id(h, account_id)
     bus = h.services.bus
     assert bus.subscriber_count == 0
-    async with serve_app(create_app(h.services, access=AllowAllInDemo())) as base:
-        async with websockets.connect(ws_url(base, account_id)) as ws:
+    async with served(h) as (base, headers):
+        async with websockets.connect(ws_url(base, account_id), additional_headers=headers) as ws:
             hello = await next_event(ws, "hello")
             assert hello["change_id"] > 0
             assert bus.subscriber_count == 1
@@ -451,21 +483,21 @@ async def test_websocket_replays_changes_missed_since_the_page_was_rendered(
     h = harness
     account_id = await h.add_gmail(EMAIL, seed=5)
     await h.sync_until_idle()
-    app = create_app(h.services, access=AllowAllInDemo())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://maildesk.test") as client:
+    async with client_for(h) as client:
         rendered = await client.get(f"/mailboxes/{account_id}")
     since = int(re.search(r'data-change="(\d+)"', rendered.text).group(1))  # type: ignore[union-attr]
     remote = h.google.add_message(EMAIL, subject="While you were away", sender="b@x.test",
                                   to=EMAIL, text="x", html="")
     await synced(h, account_id)
     mid = await message_id_of(h, remote)
-    async with serve_app(app) as base:
-        async with websockets.connect(ws_url(base, account_id, f"?since={since}")) as ws:
+    async with served(h) as (base, headers):
+        async with websockets.connect(ws_url(base, account_id, f"?since={since}"),
+                                      additional_headers=headers) as ws:
             added = await next_event(ws, "added", message_id=mid)
             assert added["subject"] == "While you were away"
         # A client from another database (or far behind) is told to reload.
-        async with websockets.connect(ws_url(base, account_id, "?since=999999999")) as ws:
+        async with websockets.connect(ws_url(base, account_id, "?since=999999999"),
+                                      additional_headers=headers) as ws:
             await next_event(ws, "reload")
     await wait_for(lambda: h.services.bus.subscriber_count == 0, "subscriptions released")
 
@@ -474,8 +506,11 @@ async def test_websocket_overflow_asks_the_client_to_reload(harness: Harness) ->
     h = harness
     account_id = await h.add_gmail(EMAIL, seed=3)
     await h.sync_until_idle()
+    async def everything(conn: HTTPConnection) -> frozenset[int] | None:
+        return None
+
     socket = MailboxSocket(bus=h.services.bus, db=h.services.db,
-                           visible_accounts=AllowAllInDemo().visible_accounts, queue_size=3)
+                           visible_accounts=everything, queue_size=3)
     app = Starlette(routes=[WebSocketRoute("/ws/mailboxes/{account_id:int}", socket.handle)])
     async with serve_app(app) as base, websockets.connect(ws_url(base, account_id)) as ws:
         await next_event(ws, "hello")

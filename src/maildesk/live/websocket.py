@@ -22,8 +22,11 @@ socket open is already subscribed) and released when the handler returns. The ha
 tasks, one reading from the client (only to notice the disconnect) and one sending; whichever
 ends first cancels the other, and both are awaited, so nothing outlives the connection.
 
-Who may connect is decided by an injected ``visible_accounts`` callable (the web layer's access
-policy); an account outside the visible set is answered 404, like one that does not exist.
+Who may connect is decided by an injected ``visible_accounts`` callable (the web layer's session
+policy: nobody signed in sees nothing); an account outside the visible set is answered 404, like
+one that does not exist. ``check_origin`` (the web layer's same-origin test) refuses a handshake
+from another site's page with 403 before anything else: browsers send the session cookie with a
+cross-site websocket handshake, so the ``Origin`` header is what stops cross-site hijacking.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from maildesk.store.database import Database
 log = logging.getLogger(__name__)
 
 VisibleAccounts = Callable[[HTTPConnection], Awaitable[frozenset[int] | None]]
+OriginCheck = Callable[[HTTPConnection], bool]
 
 
 class MailboxSocket:
@@ -57,6 +61,7 @@ class MailboxSocket:
         bus: LiveBus,
         db: Database,
         visible_accounts: VisibleAccounts,
+        check_origin: OriginCheck | None = None,
         queue_size: int = 1000,
         batch_size: int = 200,
         replay_limit: int = 500,
@@ -64,12 +69,16 @@ class MailboxSocket:
         self.bus = bus
         self.db = db
         self.visible_accounts = visible_accounts
+        self.check_origin = check_origin
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.replay_limit = replay_limit
 
     async def handle(self, websocket: WebSocket) -> None:
         account_id = int(websocket.path_params["account_id"])
+        if self.check_origin is not None and not self.check_origin(websocket):
+            await _deny(websocket, 403, "Forbidden")
+            return
         visible = await self.visible_accounts(websocket)
         allowed = visible is None or account_id in visible
         if allowed:
@@ -178,9 +187,9 @@ async def _until_disconnect(websocket: WebSocket) -> None:
             return
 
 
-async def _deny(websocket: WebSocket) -> None:
+async def _deny(websocket: WebSocket, status: int = 404, text: str = "Not Found") -> None:
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(PlainTextResponse("Not Found", status_code=404))
+        await websocket.send_denial_response(PlainTextResponse(text, status_code=status))
     else:
         await websocket.close(code=1008)
 

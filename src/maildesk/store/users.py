@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from maildesk.errors import InputError, NotFound
-from maildesk.store.tables import account_users, users
+from maildesk.store.tables import account_users, accounts, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +56,54 @@ async def visible_accounts(conn: AsyncConnection, user: UserRow) -> frozenset[in
         select(account_users.c.account_id).where(account_users.c.user_id == user.id)
     )
     return frozenset(int(a) for a in rows.scalars())
+
+
+async def get(conn: AsyncConnection, user_id: int) -> UserRow | None:
+    r = (await conn.execute(select(users).where(users.c.id == user_id))).first()
+    return None if r is None else _row(r)
+
+
+async def set_password(conn: AsyncConnection, user_id: int, password_hash: str) -> None:
+    """A new password hash. Web sessions carry a fingerprint of the hash, so every session
+    signed in with the old password stops working at once."""
+    result = await conn.execute(
+        update(users).where(users.c.id == user_id).values(password_hash=password_hash)
+    )
+    if result.rowcount == 0:
+        raise NotFound(f"no user with id {user_id}")
+
+
+async def shared_accounts(conn: AsyncConnection, user_id: int) -> frozenset[int]:
+    """The mailboxes shared with the user (whatever the role)."""
+    rows = await conn.execute(
+        select(account_users.c.account_id).where(account_users.c.user_id == user_id)
+    )
+    return frozenset(int(a) for a in rows.scalars())
+
+
+async def set_shared_accounts(
+    conn: AsyncConnection, user_id: int, account_ids: frozenset[int]
+) -> None:
+    """Share exactly ``account_ids`` with the user (ids of mailboxes that no longer exist are
+    ignored)."""
+    existing = frozenset(int(a) for a in (await conn.execute(
+        select(accounts.c.id).where(accounts.c.id.in_(sorted(account_ids)))
+    )).scalars()) if account_ids else frozenset()
+    current = await shared_accounts(conn, user_id)
+    gone = current - existing
+    if gone:
+        await conn.execute(delete(account_users).where(
+            account_users.c.user_id == user_id, account_users.c.account_id.in_(sorted(gone))
+        ))
+    for account_id in sorted(existing - current):
+        await conn.execute(insert(account_users).values(account_id=account_id, user_id=user_id))
+
+
+async def users_of_account(conn: AsyncConnection, account_id: int) -> list[UserRow]:
+    """The non-administrators a mailbox is shared with (administrators see every mailbox)."""
+    rows = await conn.execute(
+        select(users).join(account_users, account_users.c.user_id == users.c.id)
+        .where(account_users.c.account_id == account_id, users.c.is_admin.is_(False))
+        .order_by(users.c.email)
+    )
+    return [_row(r) for r in rows]

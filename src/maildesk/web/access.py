@@ -1,8 +1,8 @@
-"""Who may see which mailboxes: one pluggable policy asked by every page and the websocket.
+"""Who may see which mailboxes: one policy asked by every page and the websocket.
 
-The sign-in issue brings a session-backed policy (administrators see every account, other users
-the accounts linked to them in ``account_users``). Until then only the demo mounts the UI, with
-``AllowAllInDemo``; a production ``maildesk serve`` mounts no mail pages at all.
+``SessionAccess`` is the policy of ``maildesk serve`` and ``maildesk demo``: administrators see
+every account, other users the accounts linked to them in ``account_users``, and a request that
+is not signed in sees nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from starlette.requests import HTTPConnection
+
+from maildesk.store import users as user_store
+from maildesk.store.database import Database
+from maildesk.web.auth import Sessions
 
 
 class AccessPolicy(Protocol):
@@ -22,11 +26,19 @@ class AccessPolicy(Protocol):
         ...
 
 
-class AllowAllInDemo:
-    """Everyone sees everything: only for ``maildesk demo`` on loopback with simulated mail."""
+class SessionAccess:
+    """The signed-in user's mailboxes (none when nobody is signed in)."""
+
+    def __init__(self, sessions: Sessions, db: Database) -> None:
+        self.sessions = sessions
+        self.db = db
 
     async def visible_accounts(self, request: HTTPConnection) -> frozenset[int] | None:
-        return None
+        user = await self.sessions.user(request)
+        if user is None:
+            return frozenset()
+        async with self.db.read() as conn:
+            return await user_store.visible_accounts(conn, user)
 
 
 def may_see(visible: frozenset[int] | None, account_id: int) -> bool:

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from maildesk.store.bodies import CachedBody
+from maildesk.web.auth import template_context
 
 # style-src-attr: mail formatting lives in style attributes (which cannot run script); whole
 # style sheets are still limited to our own.
@@ -118,6 +119,18 @@ def file_size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
 
+def duration(ms: int | None) -> str:
+    """A job's duration for people: "340 ms", "2.4 s", "3 min 5 s"."""
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    minutes, seconds = divmod(round(ms / 1000), 60)
+    return f"{minutes} min {seconds} s"
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("maildesk.web", "templates"),
@@ -127,7 +140,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(short_date=short_date, long_date=long_date, addresses=addresses,
-                       file_size=file_size)
+                       file_size=file_size, duration=duration)
     env.globals.update(frame_sandbox=FRAME_SANDBOX, state_labels=STATE_LABELS)
     return env
 
@@ -138,10 +151,18 @@ templates = Jinja2Templates(env=_environment())
 def page(
     request: Request, name: str, context: dict[str, Any], *, status_code: int = 200
 ) -> Response:
-    """A rendered page with the security headers."""
-    return templates.TemplateResponse(request, name, context, status_code=status_code,
-                                      headers=SECURITY_HEADERS)
+    """A rendered page with the security headers, the signed-in user, the CSRF token and the
+    one-time messages (``auth.template_context``)."""
+    return templates.TemplateResponse(request, name, {**template_context(request), **context},
+                                      status_code=status_code, headers=SECURITY_HEADERS)
 
 
 def not_found(request: Request, what: str = "This page does not exist.") -> Response:
     return page(request, "not_found.html", {"message": what}, status_code=404)
+
+
+def denied(request: Request, status_code: int, message: str) -> Response:
+    """A refusal (403, 429, ...) as a page in the app's look."""
+    titles = {403: "Not allowed", 429: "Too many attempts"}
+    return page(request, "error.html", {"title": titles.get(status_code, "Refused"),
+                                        "message": message}, status_code=status_code)

@@ -1,4 +1,5 @@
-// MailDesk live inbox: keeps the open mailbox page current over /ws/mailboxes/{id}.
+// MailDesk: local times and busy forms on every page; on mailbox pages, keeps the open
+// mailbox current over /ws/mailboxes/{id}.
 // No framework. The server renders every page; this script only patches it:
 //   added/updated -> insert or refresh the row when the message is in the folder shown,
 //   updated out of the folder / removed -> drop the row, counts -> sidebar numbers,
@@ -51,6 +52,23 @@
   }
 
   localizeTimes(document);
+
+  // ---------------------------------------------------------------- forms: no double submit
+  // A form with data-busy disables its button while the request runs (Verify token now waits
+  // for the provider) and says what is happening.
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    if (!form || !form.getAttribute || form.getAttribute("data-busy") === null) return;
+    var button = form.querySelector("button[type=submit], button:not([type])");
+    if (!button) return;
+    if (form.getAttribute("data-submitted") === "1") { e.preventDefault(); return; }
+    form.setAttribute("data-submitted", "1");
+    window.setTimeout(function () {
+      button.disabled = true;
+      button.textContent = form.getAttribute("data-busy") || button.textContent;
+    }, 0);
+  });
+
   if (!app) return;
 
   // ---------------------------------------------------------------- page state
