@@ -118,3 +118,43 @@ async def test_errors_are_typed_http_answers(harness: Harness, api: httpx.AsyncC
     not_json = await api.post(f"/api/v1/accounts/{narrow}/push/gmail", headers=_auth(admin),
                               content=b"{")
     assert not_json.status_code == 400
+
+
+async def test_outlook_push_through_the_api_and_its_secret_for_admins_only(
+    harness: Harness, api: httpx.AsyncClient
+) -> None:
+    h = harness
+    account_id = await h.add_outlook("desk@example.com", seed=2)
+    await h.sync_until_idle()
+    admin = await _user(h, "admin@example.com", admin=True)
+    user = await _user(h, "u@example.com", admin=False, shared=(account_id,))
+    base = f"/api/v1/accounts/{account_id}/push/outlook"
+    for method, path in (("POST", base), ("DELETE", base), ("GET", f"{base}/client-state")):
+        assert (await api.request(method, path, headers=_auth(user))).status_code == 403, path
+    assert not h.microsoft.subscriptions.by_id
+    response = await api.post(base, headers=_auth(admin))
+    assert response.status_code == 201
+    [status] = response.json()
+    (sub,) = h.microsoft.subscriptions.by_id.values()
+    assert (status["provider"], status["state"], status["subscription_id"]) == (
+        "outlook", "active", sub.id)
+    assert sub.client_state
+    listed = await api.get("/api/v1/push", headers=_auth(user))
+    assert sub.client_state not in listed.text
+    secret = await api.get(f"{base}/client-state", headers=_auth(admin))
+    assert secret.json() == {"account_id": account_id, "client_state": sub.client_state}
+    stopped = await api.delete(base, headers=_auth(admin))
+    assert stopped.json()[0]["state"] == "stopped"
+    assert not h.microsoft.subscriptions.by_id
+
+
+async def test_outlook_push_refused_for_an_imap_token_is_a_422_with_the_reason(
+    harness: Harness, api: httpx.AsyncClient
+) -> None:
+    h = harness
+    account_id = await h.add_outlook("imap@example.com", kind="imap")
+    admin = await _user(h, "admin@example.com", admin=True)
+    refused = await api.post(f"/api/v1/accounts/{account_id}/push/outlook",
+                             headers=_auth(admin))
+    assert refused.status_code == 422
+    assert "Microsoft Graph option" in refused.json()["error"]
