@@ -543,6 +543,7 @@ async def measure_throughput(
                         "max_seconds": limit, "client": args.client}
                 webhook = services.gmail_webhook
                 recorder = webhook._recorder
+                thread_before = time.thread_time()
                 before = (own_cpu_s(), tree_cpu_s(sim.pid), tree_cpu_s(store.pg_pid),
                           Counter(webhook.stats.answers), webhook.stats.unknown_mailbox,
                           recorder.commits, probe.syncs)
@@ -556,10 +557,17 @@ async def measure_throughput(
                         profiler.disable()
                         profiles.append(profiler)
                 cpu = own_cpu_s() - before[0]
+                # The event loop's thread alone (aiosqlite's thread runs beside it): near 1.0
+                # means the loop is the bottleneck, well below means something waits.
+                loop_cpu = time.thread_time() - thread_before
                 # The warm-up's requests are in the counters and the CPU time too: scale.
                 sent = result["completed"] + spec["warmup"]
                 share = result["completed"] / sent if sent else 0.0
                 result["server_cpu_us_per_request"] = round(cpu * 1e6 / sent, 1) if sent else None
+                result["loop_cpu_us_per_request"] = (
+                    round(loop_cpu * 1e6 / sent, 1) if sent else None)
+                result["loop_cpu_util"] = round(loop_cpu * share / result["seconds"], 2) if (
+                    result["seconds"]) else None
                 result["simulator_cpu_s"] = round(tree_cpu_s(sim.pid) - before[1], 2)
                 if store.pg_pid is not None:
                     result["postgres_cpu_s"] = round(tree_cpu_s(store.pg_pid) - before[2], 2)

@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy import Connection
+
 from maildesk.clock import Clock
 from maildesk.domain.accounts import ProviderKind
 from maildesk.store import accounts as account_store
@@ -63,22 +65,27 @@ class NotificationRecorder:
 
     async def _flush(self, batch: list[_Item]) -> None:
         now = self._clock.now()
+        events: list[dict[str, object]] = []
+        by_provider: dict[ProviderKind, set[int]] = {}
+        for item in batch:
+            name = item.provider.value
+            events.append({"account_id": item.account_id, "provider": name,
+                           "kind": "delivered", "detail": item.detail, "at": now})
+            events.append({"account_id": item.account_id, "provider": name,
+                           "kind": "verified", "detail": item.detail, "at": now})
+            by_provider.setdefault(item.provider, set()).add(item.account_id)
+        ids = sorted({i.account_id for i in batch})
+
+        def record(conn: Connection) -> list[int]:
+            # A constant number of statements per batch, whatever its size or mailbox count.
+            push_store.add_events_blocking(conn, events)
+            for provider, provider_ids in by_provider.items():
+                push_store.record_notifications_blocking(conn, sorted(provider_ids), provider,
+                                                         now)
+            return account_store.request_syncs_blocking(conn, ids, reason="push", now=now)
+
         try:
-            async with self._db.transaction() as conn:
-                events = []
-                for item in batch:
-                    for kind in ("delivered", "verified"):
-                        events.append({"account_id": item.account_id,
-                                       "provider": item.provider.value, "kind": kind,
-                                       "detail": item.detail, "at": now})
-                await push_store.add_events(conn, events)
-                by_provider: dict[ProviderKind, set[int]] = {}
-                for item in batch:
-                    by_provider.setdefault(item.provider, set()).add(item.account_id)
-                for provider, ids in by_provider.items():
-                    await push_store.record_notifications(conn, sorted(ids), provider, now)
-                for account_id in sorted({i.account_id for i in batch}):
-                    await account_store.request_sync(conn, account_id, reason="push", now=now)
+            unleased = await self._db.run_write(record)
         except BaseException as exc:
             for item in batch:
                 if not item.done.done():
@@ -90,4 +97,8 @@ class NotificationRecorder:
         for item in batch:
             if not item.done.done():
                 item.done.set_result(None)
-        self._wake()
+        if unleased:
+            # A mailbox under a live lease is being synced: its run ends keeping the newer
+            # request and its worker claims the follow-up itself. Waking ours would only cost
+            # a claim that finds nothing (the webhook commits many batches per sync).
+            self._wake()

@@ -4,11 +4,12 @@ mailbox at a time."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from maildesk.domain.accounts import AccountState, ProviderKind
@@ -122,6 +123,14 @@ async def create(
     return int(result.scalar_one())
 
 
+def get_blocking(conn: Connection, account_id: int) -> AccountRow:
+    """``get`` for ``Database.run_write``."""
+    r = conn.execute(select(accounts).where(accounts.c.id == account_id)).first()
+    if r is None:
+        raise NotFound(f"no account with id {account_id}")
+    return _row(r)
+
+
 async def get(conn: AsyncConnection, account_id: int) -> AccountRow:
     r = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
     if r is None:
@@ -210,11 +219,40 @@ async def request_sync(
     )
 
 
+def request_syncs_blocking(
+    conn: Connection, account_ids: Sequence[int], *, reason: str, now: datetime
+) -> list[int]:
+    """``request_sync`` for several accounts in one statement (one request each), for
+    ``Database.run_write``.
+
+    Returns the ids of those with no live lease: only for them is a worker wake-up useful. A
+    leased account is being synced right now; its run ends keeping the (newer) request and
+    its worker claims the follow-up itself, so N requests still make exactly one follow-up.
+    """
+    if not account_ids:
+        return []
+    result = conn.execute(
+        update(accounts)
+        .where(accounts.c.id.in_(sorted(set(account_ids))))
+        .values(
+            sync_request_seq=accounts.c.sync_request_seq + 1,
+            sync_requested_at=func.coalesce(accounts.c.sync_requested_at, now),
+            sync_reason=func.coalesce(accounts.c.sync_reason, reason),
+        )
+        .returning(accounts.c.id, accounts.c.lease_expires_at)
+    )
+    return sorted(int(r.id) for r in result.all()
+                  if r.lease_expires_at is None or r.lease_expires_at < now)
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     account_id: int
     request_seq: int
     reason: str
+    # The account row as the claim left it, when the claim read it (``claim_due``): the run
+    # uses it instead of reading the row again.
+    account: AccountRow | None = field(default=None, compare=False, repr=False)
 
 
 def _claimable(now: datetime) -> Any:
@@ -233,10 +271,25 @@ async def claim_due(
     limit: int,
     skip_locked: bool,
 ) -> list[Claim]:
+    """Claim up to ``limit`` due accounts for ``owner`` (see ``claim_due_blocking``)."""
+    return await conn.run_sync(lambda sync_conn: claim_due_blocking(
+        sync_conn, owner=owner, now=now, lease=lease, limit=limit, skip_locked=skip_locked))
+
+
+def claim_due_blocking(
+    conn: Connection,
+    *,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    skip_locked: bool,
+) -> list[Claim]:
     """Claim up to ``limit`` due accounts for ``owner``.
 
     Due = a pending sync request, or the poll time has come. Requested accounts go first. Each
     selection uses its own index, so the cost grows with the due rows, not with all accounts.
+    The claimed rows come back with the claim (``Claim.account``).
     """
     claims: list[Claim] = []
     selections = (
@@ -252,17 +305,18 @@ async def claim_due(
         pick = pick.order_by(order).limit(limit - len(claims))
         if skip_locked:
             pick = pick.with_for_update(skip_locked=True)
-        ids = [int(i) for i in (await conn.execute(pick)).scalars().all()]
+        ids = [int(i) for i in conn.execute(pick).scalars().all()]
         if not ids:
             continue
-        result = await conn.execute(
+        result = conn.execute(
             update(accounts)
             .where(accounts.c.id.in_(ids), _claimable(now))
             .values(lease_owner=owner, lease_expires_at=now + lease)
-            .returning(accounts.c.id, accounts.c.sync_request_seq, accounts.c.sync_reason)
+            .returning(*accounts.c)
         )
-        for r in result.all():
-            claims.append(Claim(int(r.id), int(r.sync_request_seq), r.sync_reason or "poll"))
+        for r in sorted(result.all(), key=lambda r: ids.index(int(r.id))):
+            claims.append(Claim(int(r.id), int(r.sync_request_seq), r.sync_reason or "poll",
+                                _row(r)))
     return claims
 
 
@@ -309,15 +363,28 @@ async def release(
     values: dict[str, Any],
     clear_request: bool,
 ) -> None:
+    """Drop the lease and record the outcome (see ``release_blocking``)."""
+    await conn.run_sync(lambda sync_conn: release_blocking(
+        sync_conn, claim, owner=owner, values=values, clear_request=clear_request))
+
+
+def release_blocking(
+    conn: Connection,
+    claim: Claim,
+    *,
+    owner: str,
+    values: dict[str, Any],
+    clear_request: bool,
+) -> None:
     """Drop the lease and record the outcome. The request stamp is cleared only when the sync
     succeeded and no new request arrived while it ran (then a follow-up sync is still due)."""
-    await conn.execute(
+    conn.execute(
         update(accounts)
         .where(accounts.c.id == claim.account_id, accounts.c.lease_owner == owner)
         .values(lease_owner=None, lease_expires_at=None, **values)
     )
     if clear_request:
-        await conn.execute(
+        conn.execute(
             update(accounts)
             .where(
                 accounts.c.id == claim.account_id,
@@ -329,3 +396,7 @@ async def release(
 
 async def update_fields(conn: AsyncConnection, account_id: int, **values: Any) -> None:
     await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+
+
+def update_fields_blocking(conn: Connection, account_id: int, **values: Any) -> None:
+    conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from maildesk.store.tables import job_runs
@@ -48,6 +48,26 @@ async def finish(
     duration = int((now - started_at).total_seconds() * 1000)
     await conn.execute(update(job_runs).where(job_runs.c.id == run_id).values(
         finished_at=now, duration_ms=duration, status=status, error=error, detail=detail
+    ))
+
+
+def record_blocking(
+    conn: Connection,
+    job: str,
+    *,
+    account_id: int | None,
+    started_at: datetime,
+    now: datetime,
+    status: str,
+    error: str | None = None,
+    detail: str = "",
+) -> None:
+    """Record a finished run in one statement (``start`` + ``finish`` for runs that are not
+    shown while they run: a mailbox sync, many per second under push)."""
+    duration = int((now - started_at).total_seconds() * 1000)
+    conn.execute(insert(job_runs).values(
+        job=job, account_id=account_id, started_at=started_at, finished_at=now,
+        duration_ms=duration, status=status, error=error, detail=detail,
     ))
 
 

@@ -271,3 +271,11 @@ def record_notifications_blocking(
         state=case((recovering, PushState.ACTIVE.value), else_=push_subscriptions.c.state),
         updated_at=case((recovering, at), else_=push_subscriptions.c.updated_at),
     ))
+
+
+def for_account_blocking(conn: Connection, account_id: int) -> list[SubscriptionRow]:
+    """``for_account`` for ``Database.run_write``."""
+    rows = conn.execute(
+        select(push_subscriptions).where(push_subscriptions.c.account_id == account_id)
+    )
+    return [_row(r) for r in rows]

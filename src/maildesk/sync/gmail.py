@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -25,6 +26,7 @@ from maildesk.providers.gmail import GmailApi
 from maildesk.store import accounts as account_store
 from maildesk.store import cursors
 from maildesk.store import mail as mail_store
+from maildesk.store.mail import FolderRow
 from maildesk.sync.context import SyncContext
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,13 @@ PAGE_SIZE = 500
 FIRST_PAGE_SIZE = 50
 
 
+@dataclass(frozen=True, slots=True)
+class _BackfillState:
+    done: bool  # the account's whole-mailbox backfill is complete
+    token: str | None  # where it resumes
+    requested: list[FolderRow]  # folders an operator asked to backfill
+
+
 class GmailSync:
     """Brings one Gmail mailbox's store up to date. One instance per sync run."""
 
@@ -51,13 +60,22 @@ class GmailSync:
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> None:
+        # Everything the run needs to decide what to do, in one read: a push-triggered run
+        # that finds nothing new then costs this read and one history call, nothing more.
+        aid = self.ctx.account_id
         async with self.ctx.db.read() as conn:
-            cursor = await cursors.get(conn, self.ctx.account_id, HISTORY)
-            account = await account_store.get(conn, self.ctx.account_id)
-            labels_at = await cursors.get(conn, self.ctx.account_id, LABELS_AT)
+            cursor = await cursors.get(conn, aid, HISTORY)
+            account = await account_store.get(conn, aid)
+            labels_at = await cursors.get(conn, aid, LABELS_AT)
+            backfill: _BackfillState | None = _BackfillState(
+                account.backfill_done,
+                None if account.backfill_done else await cursors.get(conn, aid, BACKFILL),
+                [f for f in await mail_store.list_folders(conn, aid) if f.backfill_requested],
+            )
         if cursor is None:
             await self.full_sync(initial=not account.initial_sync_done)
             cursor = await self._history_cursor()
+            backfill = None  # the listing changed it: read it again
         elif labels_at is None or (
             self.ctx.clock.now().timestamp() - float(labels_at) > LABEL_REFRESH_SECONDS
         ):
@@ -69,7 +87,8 @@ class GmailSync:
             log.info("account %s: history id expired, full resync", self.ctx.account_id)
             await self.full_sync(initial=False)
             await self.incremental(int(await self._history_cursor()))
-        await self.backfill()
+            backfill = None
+        await self.backfill(backfill)
 
     # ------------------------------------------------------------------ full listing
     async def full_sync(self, *, initial: bool) -> None:
@@ -121,7 +140,10 @@ class GmailSync:
 
     # ------------------------------------------------------------------ incremental
     async def incremental(self, start: int) -> None:
-        """Apply history since ``start``; the new cursor is written with the last page."""
+        """Apply history since ``start``; the new cursor is written with the last page.
+
+        A single page with no records that leaves the history id where it was (a duplicate or
+        late notification: the common case under push) writes nothing at all."""
         token: str | None = None
         while True:
             page = await self.api.history(start, token)
@@ -138,6 +160,8 @@ class GmailSync:
             wanted = sorted(set(touched) - deleted)
             upserts, gone = await self._metadata(wanted)
             last = page.next_page_token is None
+            if last and token is None and not page.records and page.history_id == start:
+                return
             await self._apply(
                 upserts, sorted(deleted | gone), cursor=str(page.history_id) if last else None
             )
@@ -146,18 +170,21 @@ class GmailSync:
             token = page.next_page_token
 
     # ------------------------------------------------------------------ backfill
-    async def backfill(self) -> None:
-        """Fetch older mail, a bounded number of pages per run, resumable at the page."""
+    async def backfill(self, state: _BackfillState | None = None) -> None:
+        """Fetch older mail, a bounded number of pages per run, resumable at the page.
+        ``state``: what the run read at its start, if nothing changed it since."""
         aid = self.ctx.account_id
-        async with self.ctx.db.read() as conn:
-            account = await account_store.get(conn, aid)
-            token = await cursors.get(conn, aid, BACKFILL)
-            requested = [f for f in await mail_store.list_folders(conn, aid)
-                         if f.backfill_requested]
+        if state is None:
+            async with self.ctx.db.read() as conn:
+                account = await account_store.get(conn, aid)
+                state = _BackfillState(
+                    account.backfill_done, await cursors.get(conn, aid, BACKFILL),
+                    [f for f in await mail_store.list_folders(conn, aid) if f.backfill_requested],
+                )
         budget = self.backfill_pages
-        if not account.backfill_done:
-            budget = await self._backfill_scope(None, "", BACKFILL, token, budget)
-        for folder in requested:
+        if not state.done:
+            budget = await self._backfill_scope(None, "", BACKFILL, state.token, budget)
+        for folder in state.requested:
             if budget <= 0:
                 break
             async with self.ctx.db.read() as conn:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy import Connection
 
 from maildesk.clock import Clock
 from maildesk.config import Settings
@@ -25,7 +27,7 @@ from maildesk.live.bus import LiveBus
 from maildesk.store import accounts as account_store
 from maildesk.store import jobs
 from maildesk.store import push as push_store
-from maildesk.store.accounts import Claim
+from maildesk.store.accounts import AccountRow, Claim
 from maildesk.store.database import Database
 from maildesk.store.push import SubscriptionRow
 from maildesk.sync.connectors import Connectors
@@ -72,21 +74,25 @@ class SyncRunner:
 
     async def run(self, claim: Claim) -> SyncResult:
         started = self.clock.now()
-        async with self.db.transaction() as conn:
-            run_id = await jobs.start(conn, "sync", started, claim.account_id)
-            account = await account_store.get(conn, claim.account_id)
+
+        def begin(conn: Connection) -> tuple[AccountRow, list[SubscriptionRow]]:
+            account = claim.account or account_store.get_blocking(conn, claim.account_id)
             if account.state in (AccountState.NEW,):
-                await account_store.update_fields(
+                account_store.update_fields_blocking(
                     conn, account.id, state=AccountState.SYNCING.value
                 )
-            pushes = [p for p in await push_store.for_account(conn, account.id)
+            pushes = [p for p in push_store.for_account_blocking(conn, account.id)
                       if p.sub.state is not PushState.STOPPED]
-            if pushes:
-                # Checkpoint 3 of the realtime timeline: a sync ran for this mailbox.
-                await push_store.add_events(conn, [{
-                    "account_id": account.id, "provider": p.sub.provider.value,
-                    "kind": "sync_started", "detail": claim.reason, "at": started,
-                } for p in pushes])
+            # Checkpoint 3 of the realtime timeline: a sync ran for this mailbox.
+            push_store.add_events_blocking(conn, [{
+                "account_id": account.id, "provider": p.sub.provider.value,
+                "kind": "sync_started", "detail": claim.reason, "at": started,
+            } for p in pushes])
+            return account, pushes
+
+        # One short transaction (one call on SQLite's writer thread) to start, one to end: a
+        # push-triggered run that finds nothing new costs little besides its provider call.
+        account, pushes = await self.db.run_write(begin)
         ctx = SyncContext(self.db, self.clock, self.bus, claim.account_id, self.owner, self.lease)
         values: dict[str, Any]
         try:
@@ -96,7 +102,7 @@ class SyncRunner:
         except LeaseLost:
             log.warning("account %s: lease lost mid-sync; another worker continues", account.id)
             result = SyncResult(account.id, "lease_lost", LeaseLost.kind, None, ctx.stats.summary())
-            await self._finish(run_id, started, result)
+            await self.db.run_write(lambda conn: self._record(conn, claim, started, result))
             return result
         except MailDeskError as exc:
             result, values = self._failure(account.failure_count, exc, ctx)
@@ -115,12 +121,15 @@ class SyncRunner:
                 "last_sync_at": now, "next_poll_at": now + timedelta(seconds=interval),
             }
             result = SyncResult(account.id, "ok", None, None, ctx.stats.summary())
-        async with self.db.transaction() as conn:
-            await account_store.release(
+
+        def end(conn: Connection) -> None:
+            account_store.release_blocking(
                 conn, claim, owner=self.owner, values=values,
                 clear_request=result.status == "ok" and not ctx.more_work,
             )
-        await self._finish(run_id, started, result)
+            self._record(conn, claim, started, result)
+
+        await self.db.run_write(end)
         return result
 
     async def _settle_push(self, pushes: list[SubscriptionRow], ctx: SyncContext) -> bool:
@@ -159,11 +168,12 @@ class SyncRunner:
         return SyncResult(ctx.account_id, state.value, exc.kind, exc.message,
                           ctx.stats.summary()), values
 
-    async def _finish(self, run_id: int, started: Any, result: SyncResult) -> None:
-        async with self.db.transaction() as conn:
-            await jobs.finish(
-                conn, run_id, started_at=started, now=self.clock.now(),
-                status="ok" if result.status == "ok" else "failed",
-                error=None if result.error is None else f"{result.error_kind}: {result.error}",
-                detail=result.summary,
-            )
+    def _record(self, conn: Connection, claim: Claim, started: datetime,
+                result: SyncResult) -> None:
+        """The run's entry in job_runs, written once when it ended."""
+        jobs.record_blocking(
+            conn, "sync", account_id=claim.account_id, started_at=started,
+            now=self.clock.now(), status="ok" if result.status == "ok" else "failed",
+            error=None if result.error is None else f"{result.error_kind}: {result.error}",
+            detail=result.summary,
+        )

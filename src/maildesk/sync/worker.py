@@ -67,12 +67,12 @@ class Worker:
     async def claim(self, limit: int) -> list[Claim]:
         if limit <= 0:
             return []
-        async with self.db.transaction() as conn:
-            return await account_store.claim_due(
-                conn, owner=self.owner, now=self.clock.now(),
-                lease=timedelta(seconds=self.settings.lease_seconds), limit=limit,
-                skip_locked=not self.db.is_sqlite,
-            )
+        now = self.clock.now()
+        lease = timedelta(seconds=self.settings.lease_seconds)
+        skip_locked = not self.db.is_sqlite
+        # One call on SQLite's writer thread; claimed rows come back with the claims.
+        return await self.db.run_write(lambda conn: account_store.claim_due_blocking(
+            conn, owner=self.owner, now=now, lease=lease, limit=limit, skip_locked=skip_locked))
 
     async def run_due(self) -> list[SyncResult]:
         """Claim and sync every due mailbox, to completion (tests, `maildesk account sync`)."""
