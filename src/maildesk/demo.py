@@ -1,7 +1,9 @@
 """`maildesk demo`: the embedded default, end to end, on one machine with no accounts anywhere.
 
-SQLite in a data folder, the Google simulator on a free loopback port, a seeded Gmail mailbox
-connected through the real OAuth + Gmail client code, an administrator with a fresh random
+SQLite in a data folder, the Google and Microsoft simulators on free loopback ports, a seeded
+Gmail and a seeded Outlook mailbox connected through the real OAuth, Gmail and Graph client code,
+both with realtime push on (Pub/Sub with OIDC tokens; Graph subscriptions with the validation
+handshake, delivered over real HTTP to this server's webhooks), an administrator with a fresh random
 password (printed once, at start), a gentle generator of new mail, and a log line per arrival
 as the store commits it. The web UI needs sign-in exactly as under ``maildesk serve``. Each start
 resets the demo's own database (the simulator keeps its mailbox in memory, so an old store would
@@ -18,6 +20,7 @@ import random
 import secrets
 from pathlib import Path
 
+import httpx
 from sqlalchemy import select
 
 from maildesk import mailboxes
@@ -25,12 +28,15 @@ from maildesk.app import create_app, serve_until, stop_on_signals
 from maildesk.config import Settings
 from maildesk.domain.accounts import GMAIL_SCOPE_FULL, ProviderKind
 from maildesk.domain.events import ChangeKind
+from maildesk.errors import MailDeskError
 from maildesk.live.bus import LiveBus
 from maildesk.passwords import hash_password
 from maildesk.push.manager import gmail_push_settings
 from maildesk.services import Services, open_services
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.google import create_google_app
+from maildesk.sim.microsoft import create_microsoft_app
+from maildesk.sim.microsoft_state import MicrosoftState
 from maildesk.sim.server import serve_app
 from maildesk.store import accounts as account_store
 from maildesk.store import users as user_store
@@ -39,6 +45,7 @@ from maildesk.store.tables import messages
 log = logging.getLogger("maildesk.demo")
 
 DEMO_EMAIL = "support@demo.maildesk.test"
+DEMO_OUTLOOK = "sales@demo.maildesk.test"
 DEMO_ADMIN = "admin@demo.maildesk.test"
 DEMO_PROJECT = "maildesk-demo"
 DEMO_TOPIC = f"projects/{DEMO_PROJECT}/topics/gmail-push"
@@ -73,7 +80,15 @@ async def run_demo(
     push_url = f"http://127.0.0.1:{port}/maildesk/push/gmail"
     google.pubsub.add_subscription(DEMO_TOPIC, push_url, audience=push_url,
                                    service_account=DEMO_SIGNER)
-    async with serve_app(create_google_app(google, deliver_pushes=True)) as sim_url:
+    microsoft = MicrosoftState(rng=random.Random(2027))
+    microsoft.register_app(CLIENT_ID, CLIENT_SECRET)
+    microsoft.ensure_mailbox(DEMO_OUTLOOK)
+    microsoft.seed_mailbox(DEMO_OUTLOOK, max(1, messages // 2), days=120)
+    outlook_token = microsoft.grant(DEMO_OUTLOOK, CLIENT_ID)
+    async with (
+        serve_app(create_google_app(google, deliver_pushes=True)) as sim_url,
+        serve_app(create_microsoft_app(microsoft, deliver_notifications=True)) as ms_url,
+    ):
         settings = settings.replace(
             data_dir=data_dir, database_url="", port=port, base_url=f"http://127.0.0.1:{port}",
             allow_loopback_webhooks=True,
@@ -81,6 +96,8 @@ async def run_demo(
             google_token_url=f"{sim_url}/token", google_revoke_url=f"{sim_url}/revoke",
             google_authorize_url=f"{sim_url}/o/oauth2/v2/auth",
             google_certs_url=f"{sim_url}/oauth2/v1/certs", gmail_api_url=sim_url,
+            microsoft_client_id=CLIENT_ID, microsoft_client_secret=CLIENT_SECRET,
+            microsoft_authority_url=ms_url, graph_api_url=f"{ms_url}/v1.0",
         )
         async with open_services(settings) as services:
             account_id = await mailboxes.add_gmail(
@@ -90,21 +107,46 @@ async def run_demo(
             await services.push.enable(account_id, ProviderKind.GMAIL, gmail_push_settings(
                 project=DEMO_PROJECT, topic=DEMO_TOPIC, audience=push_url,
                 signers=[DEMO_SIGNER]))
+            outlook_id = await mailboxes.add_outlook(
+                services, email=DEMO_OUTLOOK, refresh_token=outlook_token)
+            await mailboxes.sync_now(services, outlook_id)
             password = await _create_admin(services)
             print(f"MailDesk demo: http://127.0.0.1:{port}/  (data in {data_dir})")
             print(f"Sign in as {DEMO_ADMIN} with password {password}  (administrator; a new "
                   "random password every start)")
             print(f"Google simulator: {sim_url}  mailbox {DEMO_EMAIL}: {messages} seeded "
-                  f"messages, a new one every {interval:g} s. Ctrl-C stops.", flush=True)
+                  f"messages. Microsoft simulator: {ms_url}  mailbox {DEMO_OUTLOOK}. New mail "
+                  f"every {interval:g} s, to each in turn. Realtime test: open a mailbox's "
+                  "Account page, then its realtime assistant. Ctrl-C stops.", flush=True)
             stop = asyncio.Event()
             with stop_on_signals(stop):
                 async with asyncio.TaskGroup() as group:
                     group.create_task(_log_arrivals(services, services.bus, stop))
-                    group.create_task(_generate(google, interval, stop))
+                    group.create_task(_generate(google, microsoft, interval, stop))
                     group.create_task(_progress(services, account_id, stop))
+                    group.create_task(_progress(services, outlook_id, stop))
+                    group.create_task(_enable_outlook_push(services, outlook_id))
                     if duration > 0:
                         group.create_task(_stop_after(duration, stop))
                     await serve_until(create_app(services), services, stop)
+
+
+async def _enable_outlook_push(services: Services, account_id: int) -> None:
+    """Graph validates the webhook before it creates a subscription, so Outlook push is turned
+    on once this server answers (a moment after start)."""
+    base = services.settings.base_url
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        for _ in range(100):
+            try:
+                if (await client.get(f"{base}/healthz")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    try:
+        await services.push.enable(account_id, ProviderKind.OUTLOOK, {})
+    except MailDeskError as exc:
+        print(f"Outlook push could not be enabled: {exc.message}", flush=True)
 
 
 async def _create_admin(services: Services) -> str:
@@ -131,7 +173,8 @@ async def _stop_after(seconds: float, stop: asyncio.Event) -> None:
         stop.set()
 
 
-async def _generate(google: GoogleState, interval: float, stop: asyncio.Event) -> None:
+async def _generate(google: GoogleState, microsoft: MicrosoftState, interval: float,
+                    stop: asyncio.Event) -> None:
     rng = random.Random(7)
     n = 0
     while not stop.is_set():
@@ -143,10 +186,15 @@ async def _generate(google: GoogleState, interval: float, stop: asyncio.Event) -
             pass
         n += 1
         subject = f"{rng.choice(_TOPICS)} {rng.choice(_THINGS)} (#{n})"
+        if n % 2 == 0:
+            microsoft.add_message(DEMO_OUTLOOK, subject=subject, sender=rng.choice(_SENDERS),
+                                  to=DEMO_OUTLOOK, text=f"Hello,\n\nabout {subject}.\n",
+                                  html=f"<p>Hello,</p><p>about <b>{subject}</b>.</p>")
+            continue
         google.add_message(DEMO_EMAIL, subject=subject, sender=rng.choice(_SENDERS),
                            to=DEMO_EMAIL, text=f"Hello,\n\nabout {subject}.\n",
                            html=f"<p>Hello,</p><p>about <b>{subject}</b>.</p>")
-        if n % 5 == 0:
+        if n % 5 == 1 and n > 1:
             # Now and then something leaves the inbox, as in a real mailbox.
             inbox = [m.id for m in google.mailbox(DEMO_EMAIL).all_messages()
                      if "INBOX" in m.label_ids]

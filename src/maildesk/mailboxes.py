@@ -157,6 +157,54 @@ async def reconnect_gmail(services: Services, account_id: int, *, refresh_token:
             await services.push.renew_account(account_id, ProviderKind.GMAIL)
 
 
+async def reconnect_gmail_grant(services: Services, account_id: int, grant: TokenGrant) -> None:
+    """Finish a Gmail reconnect (the OAuth code flow's answer): the grant must carry a refresh
+    token and belong to this mailbox; then as :func:`reconnect_gmail`."""
+    if not grant.refresh_token:
+        raise InputError("Google returned no refresh token; sign in again and accept the "
+                         "consent screen")
+    async with services.db.read() as conn:
+        account = await account_store.get(conn, account_id)
+    profile = await services.connectors.gmail_with_token(_fixed(grant.access_token)).profile()
+    if profile.email.lower() != account.email:
+        raise InputError(f"you signed in as {profile.email}, not {account.email}: sign in with "
+                         "the mailbox's own Google account")
+    await reconnect_gmail(services, account_id, refresh_token=grant.refresh_token)
+
+
+async def reconnect_outlook(services: Services, account_id: int, grant: TokenGrant) -> None:
+    """Store the grant of an Outlook reconnect (the OAuth code flow's answer): the returned
+    refresh token (Microsoft rotates them), its kind (Graph or IMAP/SMTP) and scopes. A Graph
+    grant must belong to this mailbox. Sync resumes at once and a failed subscription is
+    registered again, as for Gmail."""
+    if not grant.refresh_token:
+        raise InputError("Microsoft returned no refresh token (is offline_access requested?)")
+    async with services.db.read() as conn:
+        account = await account_store.get(conn, account_id)
+    kind = token_kind(grant)
+    if kind is TokenKind.GRAPH:
+        profile = await services.connectors.graph_with_token(_fixed(grant.access_token)
+                                                             ).profile()
+        if profile.email.lower() != account.email:
+            raise InputError(f"you signed in as {profile.email}, not {account.email}: sign in "
+                             "with the mailbox's own Microsoft account")
+    async with services.db.transaction() as conn:
+        await account_store.set_credentials(
+            conn, account_id, refresh_token_enc=services.secrets.encrypt(grant.refresh_token),
+            scopes=grant.scopes, now=services.clock.now(),
+        )
+        await account_store.update_fields(conn, account_id, state=AccountState.OK.value,
+                                          token_kind=kind.value, last_error=None,
+                                          last_error_kind=None)
+    services.connectors.forget_tokens(account_id)
+    services.worker.wake()
+    async with services.db.read() as conn:
+        row = await push_store.get(conn, account_id, ProviderKind.OUTLOOK)
+    if row is not None and row.sub.state is PushState.ERROR:
+        with contextlib.suppress(MailDeskError):
+            await services.push.renew_account(account_id, ProviderKind.OUTLOOK)
+
+
 async def summaries(services: Services) -> list[AccountSummary]:
     async with services.db.read() as conn:
         rows = await account_store.list_all(conn)

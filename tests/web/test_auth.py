@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import re
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 from starlette.routing import Mount, Route
 
+from maildesk.store import push as push_store
 from maildesk.store import users as user_store
 from maildesk.store.tables import folders
 from maildesk.web.auth import SESSION_COOKIE, safe_next
@@ -123,7 +125,7 @@ async def test_every_state_changing_request_needs_the_session_csrf_token(
     ids = {"account_id": account_id, "folder_id": folder_id, "user_id": admin_id,
            "message_id": 1}
     posts = [r for r in web_routes(site) if r.methods and "POST" in r.methods]
-    assert len(posts) == 9, [r.path for r in posts]
+    assert len(posts) == 16, [r.path for r in posts]
     async with site.client(ADMIN) as client, site.client(ADMIN) as other:
         foreign_token = session_of(other)["csrf"]
         for route in posts:
@@ -162,6 +164,13 @@ ADMIN_SURFACE = {
     ("POST", "/admin/users/{user_id:int}/password"), ("GET", "/admin/jobs"),
     ("POST", "/mailboxes/{account_id:int}/account/folders/{folder_id:int}/selected"),
     ("POST", "/mailboxes/{account_id:int}/account/folders/{folder_id:int}/backfill"),
+    ("POST", "/mailboxes/{account_id:int}/account/reconnect"), ("GET", "/oauth/callback"),
+    ("GET", "/mailboxes/{account_id:int}/realtime"),
+    ("POST", "/mailboxes/{account_id:int}/realtime/preflight"),
+    ("POST", "/mailboxes/{account_id:int}/realtime/validate"),
+    ("POST", "/mailboxes/{account_id:int}/realtime/register"),
+    ("POST", "/mailboxes/{account_id:int}/realtime/test"),
+    ("POST", "/mailboxes/{account_id:int}/realtime/test/finish"),
 }
 
 
@@ -197,6 +206,9 @@ async def test_every_admin_page_and_action_refuses_other_users_with_403(
             assert "administrators" in response.text.lower()
     async with h.services.db.read() as conn:
         assert [u.email for u in await user_store.list_all(conn)] == [ADMIN, AGENT]
+        assert not await push_store.for_account(conn, account_id), "no push was set up"
+        assert not await push_store.events_since(conn, account_id, h.clock.now() - timedelta(
+            days=1)), "no realtime test was started"
         admin = await user_store.by_email(conn, ADMIN)
     assert admin.password_hash.startswith("$argon2"), "unchanged"
     async with site.client(ADMIN) as client:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -169,6 +170,77 @@ class GoogleOAuth:
             )
         raise ProviderRejected(
             f"Google token endpoint answered HTTP {status} ({code or 'no error code'})",
+            status=status,
+        )
+
+    def authorize_url(
+        self,
+        endpoint: str,
+        *,
+        state: str,
+        code_challenge: str,
+        redirect_uri: str,
+        scopes: tuple[str, ...],
+        login_hint: str | None = None,
+    ) -> str:
+        """The Google sign-in URL (``endpoint`` is ``MAILDESK_GOOGLE_AUTHORIZE_URL``):
+        authorization code flow with PKCE (S256), offline access and a consent prompt, so the
+        answer carries a refresh token. Raises OAuthNotConfigured naming missing settings."""
+        self.check_configured()
+        params = {
+            "client_id": self._client_id,
+            "response_type": "code",
+            "redirect_uri": redirect_uri,
+            "scope": " ".join(scopes),
+            "state": state,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+            "access_type": "offline",
+            "prompt": "consent",
+            "include_granted_scopes": "true",
+        }
+        if login_hint:
+            params["login_hint"] = login_hint
+        separator = "&" if "?" in endpoint else "?"
+        return f"{endpoint}{separator}{urlencode(params, quote_via=quote)}"
+
+    async def exchange_code(self, code: str, redirect_uri: str, code_verifier: str) -> TokenGrant:
+        """Redeem an authorization code (with its PKCE verifier) for the first tokens.
+
+        A code is single-use, so a lost answer is not retried; errors are those of
+        :meth:`refresh` (``invalid_grant`` here: the code expired, was used, or the verifier
+        does not match — sign in again).
+        """
+        self.check_configured()
+        response = await self._http.request(
+            "POST",
+            self._token_url,
+            data={
+                "client_id": self._client_id,
+                "client_secret": self._client_secret,
+                "code": code,
+                "code_verifier": code_verifier,
+                "redirect_uri": redirect_uri,
+                "grant_type": "authorization_code",
+            },
+            headers={"Accept": "application/json"},
+            retry_if=is_transient_oauth_error,
+            idempotent=False,
+        )
+        if response.is_success:
+            return parse_token_grant(json_body(response))
+        code_name = oauth_error_code(response)
+        status = response.status_code
+        if code_name == "invalid_grant":
+            raise OAuthInvalid("Google refused the authorization code (invalid_grant): it "
+                               "expired or was already used. Sign in again.")
+        if code_name in _CLIENT_ERRORS:
+            raise AuthError(
+                f"Google rejected the OAuth client id/secret ({code_name}, HTTP {status}): "
+                f"check {self.client_id_setting} and {self.client_secret_setting}"
+            )
+        raise ProviderRejected(
+            f"Google token endpoint answered HTTP {status} ({code_name or 'no error code'})",
             status=status,
         )
 

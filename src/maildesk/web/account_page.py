@@ -103,6 +103,14 @@ class AccountPages:
                                     backfill, row.backfill_fetched))
         product, org = provider_names(account.provider.value)
         user = cached_user(request)
+        origins: tuple[str, ...] = ()
+        if user and user.is_admin:
+            # Reconnect's form ends at the provider's sign-in page.
+            settings = self.services.settings
+            target = (settings.google_authorize_url if account.provider.value == "gmail"
+                      else settings.microsoft_authority_url)
+            found = render.origin_of(target)
+            origins = (found,) if found else ()
         return render.page(request, "account.html", {
             "account": account,
             "mailbox": mailbox,
@@ -121,7 +129,7 @@ class AccountPages:
             "is_admin": bool(user and user.is_admin),
             "now": self.services.clock.now(),
             "folder_label": folder_label,
-        })
+        }, form_origins=origins)
 
     async def verify(self, request: Request) -> Response:
         account = await self._account(request)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from email.utils import getaddresses
 from html import escape
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from starlette.requests import Request
@@ -149,12 +150,31 @@ templates = Jinja2Templates(env=_environment())
 
 
 def page(
-    request: Request, name: str, context: dict[str, Any], *, status_code: int = 200
+    request: Request, name: str, context: dict[str, Any], *, status_code: int = 200,
+    form_origins: tuple[str, ...] = (),
 ) -> Response:
     """A rendered page with the security headers, the signed-in user, the CSRF token and the
-    one-time messages (``auth.template_context``)."""
+    one-time messages (``auth.template_context``).
+
+    ``form_origins``: origins a form of this page may end up at besides our own (CSP
+    ``form-action`` also governs the redirects after a submit: Reconnect redirects to the
+    provider's sign-in)."""
+    headers = SECURITY_HEADERS
+    if form_origins:
+        policy = CONTENT_SECURITY_POLICY.replace(
+            "form-action 'self'", " ".join(("form-action 'self'", *form_origins)))
+        headers = {**SECURITY_HEADERS, "Content-Security-Policy": policy}
     return templates.TemplateResponse(request, name, {**template_context(request), **context},
-                                      status_code=status_code, headers=SECURITY_HEADERS)
+                                      status_code=status_code, headers=headers)
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an http(s) URL, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(
+            c in parts.netloc for c in " ;,'\""):
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def not_found(request: Request, what: str = "This page does not exist.") -> Response:

@@ -23,6 +23,8 @@ from maildesk.web.account_page import AccountPages
 from maildesk.web.admin import AdminPages
 from maildesk.web.auth import Gate, Sessions, SignInLimiter, session_middleware
 from maildesk.web.inbox import InboxPages
+from maildesk.web.realtime import RealtimePages
+from maildesk.web.reconnect import CALLBACK_PATH, ReconnectPages
 from maildesk.web.signin import SignInPages
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -37,6 +39,8 @@ def web_routes(services: Services, sessions: Sessions, limiter: SignInLimiter
     accounts = AccountPages(services, access)
     admin = AdminPages(services, sessions)
     signin = SignInPages(services, sessions, limiter)
+    realtime = RealtimePages(services, access)
+    reconnect = ReconnectPages(services)
     socket = MailboxSocket(bus=services.bus, db=services.db,
                            visible_accounts=access.visible_accounts,
                            check_origin=sessions.same_origin)
@@ -58,6 +62,21 @@ def web_routes(services: Services, sessions: Sessions, limiter: SignInLimiter
               action(accounts.folder_selected, admin=True), methods=_POST),
         Route(mailbox + "/account/folders/{folder_id:int}/backfill",
               action(accounts.folder_backfill, admin=True), methods=_POST),
+        Route(mailbox + "/account/reconnect", action(reconnect.start, admin=True),
+              methods=_POST),
+        Route(CALLBACK_PATH, page(reconnect.callback, admin=True), name="oauth_callback"),
+        Route(mailbox + "/visible", action(realtime.visible), methods=_POST),
+        Route(mailbox + "/realtime", page(realtime.page, admin=True), name="realtime"),
+        Route(mailbox + "/realtime/preflight", action(realtime.preflight, admin=True),
+              methods=_POST),
+        Route(mailbox + "/realtime/validate", action(realtime.validate, admin=True),
+              methods=_POST),
+        Route(mailbox + "/realtime/register", action(realtime.register, admin=True),
+              methods=_POST),
+        Route(mailbox + "/realtime/test", action(realtime.start_test, admin=True),
+              methods=_POST),
+        Route(mailbox + "/realtime/test/finish", action(realtime.finish_test, admin=True),
+              methods=_POST),
 
         Route("/admin/users", page(admin.users, admin=True), name="admin_users"),
         Route("/admin/users", action(admin.create_user, admin=True), methods=_POST),

@@ -136,6 +136,21 @@
     list.insertBefore(li, before);
     highlight(li);
     updateEmptyState();
+    reportVisible(ev.message_id);
+  }
+
+  // Checkpoint 6 of the realtime test: a row that arrived live was rendered. The server keeps
+  // it only while an administrator's test of this mailbox runs.
+  function reportVisible(messageId) {
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    if (!meta) return;
+    window.requestAnimationFrame(function () {
+      var body = new URLSearchParams({ message_id: String(messageId) });
+      fetch("/mailboxes/" + accountId + "/visible", {
+        method: "POST", credentials: "same-origin", body: body,
+        headers: { "X-CSRF-Token": meta.getAttribute("content") }
+      }).catch(function () { /* best effort */ });
+    });
   }
 
   function removeRow(li) {
