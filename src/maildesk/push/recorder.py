@@ -27,7 +27,27 @@ class _Item:
     account_id: int
     provider: ProviderKind
     detail: str
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Notifications that will commit together, and one future for all their waiters."""
+
+    items: list[_Item]
     done: asyncio.Future[None]
+
+
+async def _ended(round_: asyncio.Future[None]) -> None:
+    """Wait until ``round_`` is over, whatever its outcome (another batch's failure is not
+    ours); cancelling the waiter leaves the round alone."""
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake(_: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    round_.add_done_callback(wake)
+    await waiter
 
 
 class NotificationRecorder:
@@ -35,8 +55,8 @@ class NotificationRecorder:
         self._db = db
         self._clock = clock
         self._wake = wake
-        self._pending: list[_Item] = []
-        self._round: asyncio.Future[None] | None = None  # the commit in flight, if any
+        self._next: _Batch | None = None  # filling: commits after the round in flight
+        self._round: asyncio.Future[None] | None = None  # the batch committing, if any
         self.commits = 0
 
     async def notified(self, account_id: int, provider: ProviderKind, detail: str) -> None:
@@ -47,21 +67,28 @@ class NotificationRecorder:
         first of them flushes the next batch. No request ever flushes on behalf of others for
         longer than one commit, so no 202 waits behind a stream of later arrivals.
         """
-        loop = asyncio.get_running_loop()
-        item = _Item(account_id, provider, detail, loop.create_future())
-        self._pending.append(item)
-        while not item.done.done():
+        batch = self._next
+        if batch is None:
+            batch = self._next = _Batch([], asyncio.get_running_loop().create_future())
+        batch.items.append(_Item(account_id, provider, detail))
+        done = batch.done
+        while not done.done():
             if self._round is not None:
-                await asyncio.wait({item.done, self._round}, return_when=asyncio.FIRST_COMPLETED)
+                await _ended(self._round)
                 continue
-            self._round = loop.create_future()
+            # Nothing committing: ours is the oldest batch, and we flush it.
+            self._next, self._round = None, done
             try:
-                batch, self._pending = self._pending, []
-                await self._flush(batch)
+                await self._flush(batch.items)
+            except BaseException as exc:
+                done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                done.set_result(None)
             finally:
-                finished, self._round = self._round, None
-                finished.set_result(None)
-        await item.done
+                self._round = None
+        done.result()  # raises the batch's failure
 
     async def _flush(self, batch: list[_Item]) -> None:
         now = self._clock.now()
@@ -76,27 +103,28 @@ class NotificationRecorder:
             by_provider.setdefault(item.provider, set()).add(item.account_id)
         ids = sorted({i.account_id for i in batch})
 
-        def record(conn: Connection) -> list[int]:
-            # A constant number of statements per batch, whatever its size or mailbox count.
-            push_store.add_events_blocking(conn, events)
-            for provider, provider_ids in by_provider.items():
-                push_store.record_notifications_blocking(conn, sorted(provider_ids), provider,
-                                                         now)
-            return account_store.request_syncs_blocking(conn, ids, reason="push", now=now)
+        if self._db.is_sqlite:
+            def record(conn: Connection) -> list[int]:
+                # A constant number of statements per batch, whatever its size or mailbox
+                # count, in one call on SQLite's writer thread.
+                push_store.add_events_blocking(conn, events)
+                for provider, provider_ids in by_provider.items():
+                    push_store.record_notifications_blocking(conn, sorted(provider_ids),
+                                                             provider, now)
+                return account_store.request_syncs_blocking(conn, ids, reason="push", now=now)
 
-        try:
             unleased = await self._db.run_write(record)
-        except BaseException as exc:
-            for item in batch:
-                if not item.done.done():
-                    item.done.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+        else:
+            # PostgreSQL: all of it as one statement (data-modifying CTEs), one round trip.
+            statement = push_store.record_batch_statement(
+                events, {p: sorted(a) for p, a in by_provider.items()}, ids,
+                reason="push", now=now)
+
+            def record_one(conn: Connection) -> list[int]:
+                return account_store.unleased(conn.execute(statement).all(), now)
+
+            unleased = await self._db.run_single(record_one)
         self.commits += 1
-        for item in batch:
-            if not item.done.done():
-                item.done.set_result(None)
         if unleased:
             # A mailbox under a live lease is being synced: its run ends keeping the newer
             # request and its worker claims the follow-up itself. Waking ours would only cost

@@ -4,12 +4,12 @@ mailbox at a time."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Update, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from maildesk.domain.accounts import AccountState, ProviderKind
@@ -231,7 +231,17 @@ def request_syncs_blocking(
     """
     if not account_ids:
         return []
-    result = conn.execute(
+    result = conn.execute(request_syncs_statement(account_ids, reason=reason, now=now))
+    return unleased(result.all(), now)
+
+
+def request_syncs_statement(
+    account_ids: Sequence[int], *, reason: str, now: datetime
+) -> Update:
+    """The statement of ``request_syncs_blocking`` (``account_ids`` not empty), to run alone or
+    with data-modifying CTEs (PostgreSQL); it returns ``(id, lease_expires_at)`` rows, which
+    ``unleased`` reads."""
+    return (
         update(accounts)
         .where(accounts.c.id.in_(sorted(set(account_ids))))
         .values(
@@ -241,7 +251,11 @@ def request_syncs_blocking(
         )
         .returning(accounts.c.id, accounts.c.lease_expires_at)
     )
-    return sorted(int(r.id) for r in result.all()
+
+
+def unleased(rows: Iterable[Any], now: datetime) -> list[int]:
+    """The ids, of ``request_syncs_statement``'s rows, with no live lease (sorted)."""
+    return sorted(int(r.id) for r in rows
                   if r.lease_expires_at is None or r.lease_expires_at < now)
 
 

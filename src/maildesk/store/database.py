@@ -55,6 +55,16 @@ class Database:
                 connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
             )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # PostgreSQL: a small pool in autocommit mode for writes that are ONE statement
+        # (``run_single``): the statement is its own transaction, so it costs one round trip
+        # instead of BEGIN + statement + COMMIT, and its pre-ping is a bare ``;`` instead of
+        # BEGIN + ``;`` + ROLLBACK (asyncpg's ping opens a transaction unless autocommit).
+        self._single: AsyncEngine | None = None
+        if self.dialect == "postgresql":
+            self._single = create_async_engine(
+                url, echo=echo, pool_size=2, max_overflow=pool_size, pool_pre_ping=True,
+                isolation_level="AUTOCOMMIT", connect_args=kwargs["connect_args"],
+            )
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         # SQLite: a synchronous engine with one connection, used on one thread, for short
         # write transactions run as a single function (``run_write``). Through aiosqlite every
@@ -124,6 +134,24 @@ class Database:
             except (OperationalError, DBAPIError) as exc:
                 raise StoreError(f"database error: {type(exc.orig).__name__}") from exc
 
+    async def run_single(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn``, which executes exactly ONE statement, as its own transaction; its
+        result. Durable when this returns, like ``run_write``.
+
+        On PostgreSQL the statement runs on an autocommit connection: one round trip, with
+        data-modifying CTEs to write several tables atomically. On SQLite this is
+        ``run_write`` (the single statement inside an explicit transaction).
+        """
+        if self._single is None:
+            return await self.run_write(fn)
+        try:
+            async with self._single.connect() as conn:
+                return await conn.run_sync(fn)
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                raise StoreError("the database connection was lost") from exc
+            raise StoreError(f"database error: {type(exc.orig).__name__}") from exc
+
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only snapshot (SQLite WAL readers never wait for the writer)."""
@@ -141,6 +169,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._single is not None:
+            await self._single.dispose()
         writer, self._writer = self._writer, None
         if writer is not None and self._sync_engine is not None:
             await asyncio.get_running_loop().run_in_executor(writer, self._sync_engine.dispose)

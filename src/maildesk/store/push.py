@@ -279,3 +279,45 @@ def for_account_blocking(conn: Connection, account_id: int) -> list[Subscription
         select(push_subscriptions).where(push_subscriptions.c.account_id == account_id)
     )
     return [_row(r) for r in rows]
+
+
+def record_notifications_statement(
+    account_ids: Sequence[int], provider: ProviderKind, now: datetime
+) -> Any:
+    """The UPDATE of ``record_notifications_blocking`` (``account_ids`` not empty), as a
+    statement to embed in ``record_batch_statement``."""
+    from sqlalchemy import case, literal
+
+    recovering = push_subscriptions.c.state == PushState.RECOVERING.value
+    at = literal(now, push_subscriptions.c.updated_at.type)
+    return update(push_subscriptions).where(
+        push_subscriptions.c.account_id.in_(sorted(set(account_ids))),
+        push_subscriptions.c.provider == provider.value,
+    ).values(
+        last_notification_at=now,
+        state=case((recovering, PushState.ACTIVE.value), else_=push_subscriptions.c.state),
+        updated_at=case((recovering, at), else_=push_subscriptions.c.updated_at),
+    )
+
+
+def record_batch_statement(
+    events: Sequence[dict[str, Any]],
+    by_provider: dict[ProviderKind, Sequence[int]],
+    account_ids: Sequence[int],
+    *,
+    reason: str,
+    now: datetime,
+) -> Any:
+    """PostgreSQL only: a batch of verified notifications as ONE statement — the events
+    insert and the subscriptions' updates as data-modifying CTEs of the accounts' sync stamp
+    (``accounts.request_syncs_statement``, whose ``(id, lease_expires_at)`` rows it returns).
+    One statement is atomic on its own, so on an autocommit connection it is one round trip.
+    The parts write different tables, so the CTEs' shared snapshot changes nothing."""
+    from maildesk.store import accounts as account_store
+
+    ctes = [insert(push_events).values(list(events)).cte("recorded_events")] if events else []
+    for n, (provider, ids) in enumerate(sorted(by_provider.items(), key=lambda kv: kv[0].value)):
+        if ids:
+            ctes.append(record_notifications_statement(ids, provider, now).cte(f"noted_{n}"))
+    statement = account_store.request_syncs_statement(account_ids, reason=reason, now=now)
+    return statement.add_cte(*ctes) if ctes else statement
