@@ -114,7 +114,7 @@ def bench_routes(state: MicrosoftState) -> list[Route]:
 
 
 def _pending(state: MicrosoftState) -> int:
-    return len(state.notifier._pending)
+    return state.notifier.pending
 
 
 async def serve(messages: int, seed: int) -> None:

@@ -30,6 +30,9 @@ from maildesk.store import jobs as job_store
 from maildesk.store import users as user_store
 from maildesk.store.migrate import current_revision
 
+Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+"""A command: its parsed arguments and the settings in, the exit status out."""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line, not a usage dump."""
@@ -238,15 +241,6 @@ async def _push_gmail_enable(args: argparse.Namespace, settings: Settings) -> in
     return 0
 
 
-async def _push_gmail_disable(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as s:
-        account = await mailboxes.find(s, args.account)
-        await s.push.disable(account.id, ProviderKind.GMAIL)
-    print(f"Gmail push stopped for {account.email}; it is polled every "
-          f"{settings.poll_interval:g} s")
-    return 0
-
-
 async def _push_outlook_enable(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as s:
         account = await mailboxes.find(s, args.account)
@@ -257,13 +251,18 @@ async def _push_outlook_enable(args: argparse.Namespace, settings: Settings) -> 
     return 0
 
 
-async def _push_outlook_disable(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_services(settings) as s:
-        account = await mailboxes.find(s, args.account)
-        await s.push.disable(account.id, ProviderKind.OUTLOOK)
-    print(f"Outlook push stopped for {account.email}; it is polled every "
-          f"{settings.poll_interval:g} s")
-    return 0
+def _push_disable(provider: ProviderKind, name: str) -> Handler:
+    """The ``push <provider> disable`` command: stop push; polling carries the mailbox."""
+
+    async def disable(args: argparse.Namespace, settings: Settings) -> int:
+        async with open_services(settings) as s:
+            account = await mailboxes.find(s, args.account)
+            await s.push.disable(account.id, provider)
+        print(f"{name} push stopped for {account.email}; it is polled every "
+              f"{settings.poll_interval:g} s")
+        return 0
+
+    return disable
 
 
 async def _account_add_outlook(args: argparse.Namespace, settings: Settings) -> int:
@@ -377,7 +376,6 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 _HANDLERS: dict[str, Handler] = {
     "serve": _serve,
     "demo": _demo,
@@ -387,9 +385,9 @@ _HANDLERS: dict[str, Handler] = {
     "push status": _push_status,
     "push renew-due": _push_renew_due,
     "push gmail enable": _push_gmail_enable,
-    "push gmail disable": _push_gmail_disable,
+    "push gmail disable": _push_disable(ProviderKind.GMAIL, "Gmail"),
     "push outlook enable": _push_outlook_enable,
-    "push outlook disable": _push_outlook_disable,
+    "push outlook disable": _push_disable(ProviderKind.OUTLOOK, "Outlook"),
     "account add-gmail": _account_add_gmail,
     "account add-outlook": _account_add_outlook,
     "account list": _account_list,

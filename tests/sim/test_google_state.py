@@ -17,12 +17,13 @@ import pytest
 
 from maildesk.clock import ManualClock
 from maildesk.errors import InputError, NotFound
+from maildesk.sim.auth_codes import pkce_challenge
 from maildesk.sim.faults import FaultInjector, FaultRule, drop_fields
 from maildesk.sim.gmail_mime import parse_headers
 from maildesk.sim.gmail_objects import HISTORY_TYPES
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.mailbox import MAX_HISTORY_SCAN, Mailbox
-from maildesk.sim.oauth_state import OAuthError, pkce_challenge
+from maildesk.sim.oauth_state import OAuthError
 from maildesk.sim.wire import SimRequest, SimResponse, google_error
 
 EMAIL = "alice@example.com"

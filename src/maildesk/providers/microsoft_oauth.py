@@ -46,7 +46,12 @@ from maildesk.errors import (
     ScopeMissing,
 )
 from maildesk.providers.http import ProviderHttp, json_body
-from maildesk.providers.oauth import TokenGrant, is_transient_oauth_error, parse_token_grant
+from maildesk.providers.oauth import (
+    TokenGrant,
+    parse_token_grant,
+    post_token_form,
+    require_settings,
+)
 
 __all__ = [
     "GRAPH_APP_ID",
@@ -269,16 +274,10 @@ class MicrosoftOAuth:
 
     def check_configured(self) -> None:
         """Raise OAuthNotConfigured naming exactly the missing client settings."""
-        missing = [
-            name
-            for name, value in (
-                (self.client_id_setting, self._client_id),
-                (self.client_secret_setting, self._client_secret),
-            )
-            if not value
-        ]
-        if missing:
-            raise OAuthNotConfigured(missing)
+        require_settings(
+            (self.client_id_setting, self._client_id),
+            (self.client_secret_setting, self._client_secret),
+        )
 
     def authorize_url(
         self,
@@ -344,17 +343,15 @@ class MicrosoftOAuth:
     async def _token_request(
         self, form: dict[str, str], *, what: str, idempotent: bool
     ) -> TokenGrant:
-        response = await self._http.request(
-            "POST",
+        response = await post_token_form(
+            self._http,
             self.token_url,
-            data={
+            {
                 "client_id": self._client_id,
                 "client_secret": self._client_secret,
                 "scope": " ".join(self.scopes),
                 **form,
             },
-            headers={"Accept": "application/json"},
-            retry_if=is_transient_oauth_error,
             idempotent=idempotent,
         )
         if response.is_success:

@@ -99,6 +99,27 @@ def is_transient_oauth_error(response: httpx.Response) -> bool:
     return response.is_client_error and oauth_error_code(response) in _TRANSIENT_OAUTH_ERRORS
 
 
+def require_settings(*settings: tuple[str, str]) -> None:
+    """Raise OAuthNotConfigured naming exactly the settings (name, value) whose value is empty."""
+    missing = [name for name, value in settings if not value]
+    if missing:
+        raise OAuthNotConfigured(missing)
+
+
+async def post_token_form(
+    http: ProviderHttp, token_url: str, form: dict[str, str], *, idempotent: bool
+) -> httpx.Response:
+    """POST ``form`` to an OAuth token endpoint, retrying transient OAuth errors."""
+    return await http.request(
+        "POST",
+        token_url,
+        data=form,
+        headers={"Accept": "application/json"},
+        retry_if=is_transient_oauth_error,
+        idempotent=idempotent,
+    )
+
+
 class GoogleOAuth:
     """Talks to Google's token and revocation endpoints for one OAuth client (app)."""
 
@@ -122,16 +143,10 @@ class GoogleOAuth:
 
     def check_configured(self) -> None:
         """Raise OAuthNotConfigured naming exactly the missing client settings."""
-        missing = [
-            name
-            for name, value in (
-                (self.client_id_setting, self._client_id),
-                (self.client_secret_setting, self._client_secret),
-            )
-            if not value
-        ]
-        if missing:
-            raise OAuthNotConfigured(missing)
+        require_settings(
+            (self.client_id_setting, self._client_id),
+            (self.client_secret_setting, self._client_secret),
+        )
 
     async def refresh(self, refresh_token: str) -> TokenGrant:
         """Exchange a refresh token for a new access token.
@@ -141,36 +156,12 @@ class GoogleOAuth:
         ProtocolViolation (a 200 we cannot read) or ProviderRejected (any other refusal).
         """
         self.check_configured()
-        response = await self._http.request(
-            "POST",
-            self._token_url,
-            data={
-                "client_id": self._client_id,
-                "client_secret": self._client_secret,
-                "refresh_token": refresh_token,
-                "grant_type": "refresh_token",
-            },
-            headers={"Accept": "application/json"},
-            retry_if=is_transient_oauth_error,
-        )
-        if response.is_success:
-            return parse_token_grant(json_body(response))
-        code = oauth_error_code(response)
-        status = response.status_code
-        if code == "invalid_grant":
+        return await self._token_request(
+            {"refresh_token": refresh_token, "grant_type": "refresh_token"},
             # Google's own wording; never echo the token itself.
-            raise OAuthInvalid(
-                "Google refused the refresh token (invalid_grant): Token has been expired or "
-                "revoked. The mailbox must be reconnected."
-            )
-        if code in _CLIENT_ERRORS:
-            raise AuthError(
-                f"Google rejected the OAuth client id/secret ({code}, HTTP {status}): check "
-                f"{self.client_id_setting} and {self.client_secret_setting}"
-            )
-        raise ProviderRejected(
-            f"Google token endpoint answered HTTP {status} ({code or 'no error code'})",
-            status=status,
+            invalid_grant="Google refused the refresh token (invalid_grant): Token has been "
+            "expired or revoked. The mailbox must be reconnected.",
+            idempotent=True,
         )
 
     def authorize_url(
@@ -212,35 +203,42 @@ class GoogleOAuth:
         does not match — sign in again).
         """
         self.check_configured()
-        response = await self._http.request(
-            "POST",
-            self._token_url,
-            data={
-                "client_id": self._client_id,
-                "client_secret": self._client_secret,
+        return await self._token_request(
+            {
                 "code": code,
                 "code_verifier": code_verifier,
                 "redirect_uri": redirect_uri,
                 "grant_type": "authorization_code",
             },
-            headers={"Accept": "application/json"},
-            retry_if=is_transient_oauth_error,
+            invalid_grant="Google refused the authorization code (invalid_grant): it expired or "
+            "was already used. Sign in again.",
             idempotent=False,
+        )
+
+    async def _token_request(
+        self, form: dict[str, str], *, invalid_grant: str, idempotent: bool
+    ) -> TokenGrant:
+        """POST ``form`` with the client credentials; ``invalid_grant`` is the OAuthInvalid
+        message for that error code."""
+        response = await post_token_form(
+            self._http,
+            self._token_url,
+            {"client_id": self._client_id, "client_secret": self._client_secret, **form},
+            idempotent=idempotent,
         )
         if response.is_success:
             return parse_token_grant(json_body(response))
-        code_name = oauth_error_code(response)
+        code = oauth_error_code(response)
         status = response.status_code
-        if code_name == "invalid_grant":
-            raise OAuthInvalid("Google refused the authorization code (invalid_grant): it "
-                               "expired or was already used. Sign in again.")
-        if code_name in _CLIENT_ERRORS:
+        if code == "invalid_grant":
+            raise OAuthInvalid(invalid_grant)
+        if code in _CLIENT_ERRORS:
             raise AuthError(
-                f"Google rejected the OAuth client id/secret ({code_name}, HTTP {status}): "
-                f"check {self.client_id_setting} and {self.client_secret_setting}"
+                f"Google rejected the OAuth client id/secret ({code}, HTTP {status}): check "
+                f"{self.client_id_setting} and {self.client_secret_setting}"
             )
         raise ProviderRejected(
-            f"Google token endpoint answered HTTP {status} ({code_name or 'no error code'})",
+            f"Google token endpoint answered HTTP {status} ({code or 'no error code'})",
             status=status,
         )
 

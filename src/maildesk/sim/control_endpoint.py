@@ -1,10 +1,11 @@
 """The one JSON wrapper every ``/_sim`` control route uses: parse an optional JSON object body,
-run the work, map our errors to 404/400, answer 204 for None and JSON otherwise."""
+run the work, map our errors to 404/400, answer 204 for None and JSON otherwise; and the readers
+of that body's fields, which raise ``InputError`` (a 400) naming the field."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, overload
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,3 +39,43 @@ def control_endpoint(work: Work) -> Endpoint:
         return JSONResponse(result)
 
     return run
+
+
+def str_field(body: dict[str, Any], name: str, default: str | None = None) -> str:
+    """``body[name]`` (or ``default`` when absent), which must be a string."""
+    value = body.get(name, default)
+    if not isinstance(value, str):
+        raise InputError(f"{name} is required and must be a string")
+    return value
+
+
+def opt_str_field(body: dict[str, Any], name: str) -> str | None:
+    """``body[name]``: a string, or None when absent or null."""
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InputError(f"{name} must be a string")
+    return value
+
+
+def count_field(body: dict[str, Any], name: str, default: int) -> int:
+    """``body[name]`` (or ``default``): an integer >= 0."""
+    value = body.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InputError(f"{name} must be an integer >= 0")
+    return value
+
+
+@overload
+def strings_field(body: dict[str, Any], name: str) -> list[str] | None: ...
+@overload
+def strings_field(body: dict[str, Any], name: str, default: Sequence[str]) -> list[str]: ...
+def strings_field(
+    body: dict[str, Any], name: str, default: Sequence[str] | None = None
+) -> list[str] | None:
+    """``body[name]``: a list of strings; ``default`` (as a list) when absent or null."""
+    value = body.get(name)
+    if value is None:
+        return None if default is None else list(default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(f"{name} must be a list of strings")
+    return value

@@ -114,6 +114,23 @@ class FaultRule:
             raise InputError(f"invalid fault rule: {exc}") from exc
 
 
+
+def parse_fault_request(body: Mapping[str, Any]) -> tuple[list[FaultRule], float | None]:
+    """The rules and the global latency (None: unchanged) of a ``POST /_sim/faults`` body,
+    ``{rules: [...], latency_ms}``; every rule is checked before any is used (``InputError``)."""
+    if unknown := set(body) - {"rules", "latency_ms"}:
+        raise InputError(f"unknown fields {sorted(unknown)}: send {{rules: [...], latency_ms}}")
+    rules = body.get("rules") or []
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise InputError("rules must be a list of objects")
+    built = [FaultRule.from_json(rule) for rule in rules]
+    latency = body.get("latency_ms")
+    if latency is None:
+        return built, None
+    if not isinstance(latency, int | float) or latency < 0:
+        raise InputError("latency_ms must be a number >= 0")
+    return built, float(latency)
+
 class FaultInjector:
     """The live fault rules and global latency of one simulator."""
 

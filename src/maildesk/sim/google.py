@@ -28,6 +28,7 @@ from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.google_control import control_routes
 from maildesk.sim.oauth_endpoints import OAuthEndpoints
 from maildesk.sim.pubsub_control import certs_v1, certs_v3
+from maildesk.sim.starlette_bridge import sim_request, starlette_response
 from maildesk.sim.wire import SimRequest, SimResponse, google_error
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -60,11 +61,10 @@ def create_google_app(
     boundaries = itertools.count(1)
 
     async def run(request: Request, handler: Handler, *, oauth_shape: bool) -> Response:
-        sim_request = await _to_sim(request)
         answer = await state.faults.run(
-            sim_request, handler, oauth=oauth_shape, global_latency=True
+            await sim_request(request), handler, oauth=oauth_shape, global_latency=True
         )
-        return _to_starlette(answer)
+        return starlette_response(answer)
 
     async def token(request: Request) -> Response:
         return await run(request, oauth.token, oauth_shape=True)
@@ -139,21 +139,3 @@ def _gmail_only(gmail: GmailApi) -> Handler:
         return await gmail.handle(request)
 
     return handle
-
-
-async def _to_sim(request: Request) -> SimRequest:
-    return SimRequest(
-        method=request.method,
-        path=request.url.path,
-        query=request.query_params.multi_items(),
-        headers={k.lower(): v for k, v in request.headers.items()},
-        body=await request.body(),
-    )
-
-
-def _to_starlette(answer: SimResponse) -> Response:
-    body = answer.body()
-    media_type = answer.media_type if body or answer.status not in (204, 302) else None
-    return Response(
-        content=body, status_code=answer.status, headers=answer.headers, media_type=media_type
-    )

@@ -14,8 +14,13 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from maildesk.errors import InputError
-from maildesk.sim.control_endpoint import control_endpoint
-from maildesk.sim.faults import FaultRule
+from maildesk.sim.control_endpoint import (
+    control_endpoint,
+    opt_str_field,
+    str_field,
+    strings_field,
+)
+from maildesk.sim.faults import parse_fault_request
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.pubsub_control import pubsub_routes
 
@@ -36,39 +41,41 @@ def control_routes(state: GoogleState) -> list[Route]:
 
     def create_client(_: Request, body: dict[str, Any]) -> dict[str, Any]:
         client = state.create_client(
-            _opt(body, "client_id"),
-            _opt(body, "client_secret"),
-            redirect_uris=_strings(body, "redirect_uris"),
+            opt_str_field(body, "client_id"),
+            opt_str_field(body, "client_secret"),
+            redirect_uris=strings_field(body, "redirect_uris", ()),
         )
         return {"client_id": client.client_id, "client_secret": client.client_secret}
 
     def create_grant(_: Request, body: dict[str, Any]) -> dict[str, Any]:
         token = state.create_grant(
-            _req(body, "email"), _strings(body, "scopes"), client_id=_opt(body, "client_id")
+            str_field(body, "email"),
+            strings_field(body, "scopes", ()),
+            client_id=opt_str_field(body, "client_id"),
         )
         return {"refresh_token": token}
 
     def revoke_grant(_: Request, body: dict[str, Any]) -> dict[str, Any]:
-        state.revoke_grant(_req(body, "refresh_token"))
+        state.revoke_grant(str_field(body, "refresh_token"))
         return {"revoked": True}
 
     def issue_token(_: Request, body: dict[str, Any]) -> dict[str, Any]:
-        return {"access_token": state.issue_access_token(_req(body, "refresh_token"))}
+        return {"access_token": state.issue_access_token(str_field(body, "refresh_token"))}
 
     def expire_tokens(_: Request, body: dict[str, Any]) -> dict[str, Any]:
-        return {"expired": state.expire_access_tokens(_opt(body, "email"))}
+        return {"expired": state.expire_access_tokens(opt_str_field(body, "email"))}
 
     def set_consent(_: Request, body: dict[str, Any]) -> dict[str, Any]:
         scopes = body.get("scopes")
         state.set_consent(
-            _req(body, "email"),
+            str_field(body, "email"),
             allow=bool(body.get("allow", True)),
-            scopes=None if scopes is None else _strings(body, "scopes"),
+            scopes=None if scopes is None else strings_field(body, "scopes", ()),
         )
         return {"ok": True}
 
     def create_label(request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        return {"id": state.create_label(email(request), _req(body, "name"))}
+        return {"id": state.create_label(email(request), str_field(body, "name"))}
 
     def add_message(request: Request, body: dict[str, Any]) -> dict[str, Any]:
         date = body.get("internal_date")
@@ -76,15 +83,15 @@ def control_routes(state: GoogleState) -> list[Route]:
             raise InputError("internal_date must be epoch milliseconds")
         new_id = state.add_message(
             email(request),
-            subject=_req(body, "subject", ""),
-            sender=_req(body, "sender"),
-            to=_req(body, "to", email(request)),
-            text=_req(body, "text", ""),
-            html=_req(body, "html", ""),
-            labels=_strings(body, "labels", ("INBOX", "UNREAD")),
+            subject=str_field(body, "subject", ""),
+            sender=str_field(body, "sender"),
+            to=str_field(body, "to", email(request)),
+            text=str_field(body, "text", ""),
+            html=str_field(body, "html", ""),
+            labels=strings_field(body, "labels", ("INBOX", "UNREAD")),
             internal_date=date,
-            message_id_header=_opt(body, "message_id_header"),
-            thread_id=_opt(body, "thread_id"),
+            message_id_header=opt_str_field(body, "message_id_header"),
+            thread_id=opt_str_field(body, "thread_id"),
         )
         message = state.mailbox(email(request)).get(new_id)
         return {"id": new_id, "threadId": message.thread_id, **history(request)}
@@ -103,7 +110,10 @@ def control_routes(state: GoogleState) -> list[Route]:
 
     def modify_labels(request: Request, body: dict[str, Any]) -> dict[str, Any]:
         state.modify_labels(
-            email(request), message_id(request), _strings(body, "add"), _strings(body, "remove")
+            email(request),
+            message_id(request),
+            strings_field(body, "add", ()),
+            strings_field(body, "remove", ()),
         )
         return labels_of(request)
 
@@ -134,17 +144,9 @@ def control_routes(state: GoogleState) -> list[Route]:
         }
 
     def add_faults(request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        if unknown := set(body) - {"rules", "latency_ms"}:
-            raise InputError(f"unknown fields {sorted(unknown)}: send {{rules: [...], latency_ms}}")
-        rules = body.get("rules") or []
-        if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
-            raise InputError("rules must be a list of objects")
-        built = [FaultRule.from_json(rule) for rule in rules]  # all valid before any is added
-        latency = body.get("latency_ms")
+        built, latency = parse_fault_request(body)
         if latency is not None:
-            if not isinstance(latency, int | float) or latency < 0:
-                raise InputError("latency_ms must be a number >= 0")
-            state.faults.latency_ms = float(latency)
+            state.set_latency(latency)
         for rule in built:
             state.add_fault(rule)
         return list_faults(request, body)
@@ -175,26 +177,3 @@ def control_routes(state: GoogleState) -> list[Route]:
         Route("/faults", endpoint(clear_faults), methods=["DELETE"]),
         *pubsub_routes(state),
     ]
-
-
-def _req(body: dict[str, Any], name: str, default: str | None = None) -> str:
-    value = body.get(name, default)
-    if not isinstance(value, str):
-        raise InputError(f"{name} is required and must be a string")
-    return value
-
-
-def _opt(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise InputError(f"{name} must be a string")
-    return value
-
-
-def _strings(body: dict[str, Any], name: str, default: tuple[str, ...] = ()) -> list[str]:
-    value = body.get(name)
-    if value is None:
-        return list(default)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InputError(f"{name} must be a list of strings")
-    return value

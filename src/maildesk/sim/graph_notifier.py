@@ -15,11 +15,10 @@ batch was queued. ``log`` records every batch with its attempts (status codes an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
@@ -28,6 +27,7 @@ import httpx
 
 from maildesk.clock import Clock
 from maildesk.errors import InputError
+from maildesk.sim.delivery import Deliverer
 
 WRONG_CLIENT_STATE = "sim-wrong-client-state"
 
@@ -132,8 +132,13 @@ class _Item:
     queued_at: datetime
 
 
-class Notifier:
+class Notifier(Deliverer[Delivery]):
     """The queue, the deliverer and the log of notifications."""
+
+    _what = "the notification deliverer"
+    _owner = "notifier"
+    _task_name = "sim-graph-notifier"
+    _undelivered = "notifications still undelivered after {timeout} s"
 
     def __init__(
         self,
@@ -148,6 +153,7 @@ class Notifier:
         reorder_hold: float = 5.0,
         log_limit: int = 100_000,
     ) -> None:
+        super().__init__(reorder_hold=reorder_hold)
         self.clock = clock
         self.backoff_scale = backoff_scale
         self.ack_timeout = ack_timeout
@@ -155,18 +161,12 @@ class Notifier:
         self.max_backoff = max_backoff
         self.retention = retention
         self.max_batch = max_batch
-        self.reorder_hold = reorder_hold
         self.faults = NotifyFaults()
         self.log: deque[Delivery] = deque(maxlen=log_limit)
         self.dropped: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
+        # Outstanding (see Deliverer): queued items + batches not yet finished.
         self._pending: deque[_Item] = deque()
-        self._outstanding = 0  # queued items + batches not yet finished
-        self._held: Delivery | None = None
-        self._wake: asyncio.Event | None = None
-        self._idle: asyncio.Event | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._flush = False
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based), scaled."""
@@ -185,94 +185,41 @@ class Notifier:
             self.faults.wrong_client_state -= 1
             item = {**item, "clientState": WRONG_CLIENT_STATE}
         self._pending.append(_Item(url, kind, item, self.clock.now()))
-        self._outstanding += 1
-        if self._idle is not None:
-            self._idle.clear()
-        if self._wake is not None:
-            self._wake.set()
+        self._queued()
         return True
 
     # -- the deliverer ---------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def running(self, client: httpx.AsyncClient) -> AsyncIterator[Notifier]:
-        """Deliver queued and future notifications through ``client`` until the block exits;
-        then the worker and deliveries in flight are cancelled and awaited."""
-        if self._worker is not None:
-            raise RuntimeError("the notification deliverer is already running")
-        self._wake, self._idle = asyncio.Event(), asyncio.Event()
-        if self._outstanding == 0:
-            self._idle.set()
-        self._wake.set()
-        worker = asyncio.create_task(self._work(client), name="sim-graph-notifier")
-        self._worker = worker
+    @property
+    def pending(self) -> int:
+        """Notifications queued and not yet grouped into a POST."""
+        return len(self._pending)
+
+    def _has_pending(self) -> bool:
+        return bool(self._pending)
+
+    async def _work(self, client: httpx.AsyncClient) -> None:
         try:
-            yield self
+            async with asyncio.TaskGroup() as group:
+                while True:
+                    released = await self._wait_for_work()
+                    if released is not None:
+                        self._start(group, client, released)
+                        continue
+                    for delivery in self._batches():
+                        if self.faults.reorder > 0 and self._held is None:
+                            self.faults.reorder -= 1
+                            self._held = delivery
+                            continue
+                        self._start(group, client, delivery)
+                        if self._held is not None:
+                            self._start(group, client, self._held)
+                            self._held = None
         finally:
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
-            self._worker = self._wake = self._idle = None
-            self._flush = False
             if self._held is not None:  # never started: it ends here, as cancelled
                 self._held.outcome = "cancelled"
                 self._held = None
-                self._outstanding -= 1
-        if not worker.cancelled() and worker.exception() is not None:
-            raise RuntimeError("the notification deliverer failed") from worker.exception()
-
-    async def drain(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - wall-time bound
-        """Wait (at most ``timeout`` real seconds) until every queued notification is acked or
-        given up (a held-back batch is released). ``TimeoutError`` if time runs out."""
-        worker, wake, idle = self._worker, self._wake, self._idle
-        if worker is None or wake is None or idle is None:
-            raise RuntimeError("drain() needs the deliverer: async with notifier.running(client)")
-        self._flush = True
-        wake.set()
-        waiter = asyncio.ensure_future(idle.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {waiter, worker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            self._flush = False
-            waiter.cancel()
-            await asyncio.gather(waiter, return_exceptions=True)
-        if worker in done:
-            raise RuntimeError("the notification deliverer stopped while draining")
-        if waiter not in done:
-            raise TimeoutError(f"notifications still undelivered after {timeout} s")
-
-    async def _work(self, client: httpx.AsyncClient) -> None:
-        assert self._wake is not None
-        wake = self._wake
-        async with asyncio.TaskGroup() as group:
-            while True:
-                if not self._pending:
-                    held = self._held
-                    if held is not None and self._flush:
-                        self._held = None
-                        self._start(group, client, held)
-                        continue
-                    wake.clear()
-                    if held is None:
-                        await wake.wait()
-                        continue
-                    try:
-                        async with asyncio.timeout(self.reorder_hold):
-                            await wake.wait()
-                    except TimeoutError:
-                        self._held = None
-                        self._start(group, client, held)
-                    continue
-                for delivery in self._batches():
-                    if self.faults.reorder > 0 and self._held is None:
-                        self.faults.reorder -= 1
-                        self._held = delivery
-                        continue
-                    self._start(group, client, delivery)
-                    if self._held is not None:
-                        self._start(group, client, self._held)
-                        self._held = None
+                self._settled()
 
     def _batches(self) -> list[Delivery]:
         groups: dict[tuple[str, str], list[_Item]] = {}
@@ -351,6 +298,4 @@ class Notifier:
             return
         if batch.outcome == "pending":
             batch.outcome = "acked"
-        self._outstanding -= 1
-        if self._outstanding == 0 and self._idle is not None:
-            self._idle.set()
+        self._settled()

@@ -23,7 +23,7 @@ from maildesk.sim.graph_wire import aad_fault_shape, graph_fault_shape
 from maildesk.sim.microsoft_control import microsoft_control_routes
 from maildesk.sim.microsoft_identity_endpoints import IdentityEndpoints
 from maildesk.sim.microsoft_state import MicrosoftState
-from maildesk.sim.wire import SimRequest, SimResponse
+from maildesk.sim.starlette_bridge import sim_request, starlette_response
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
@@ -54,9 +54,9 @@ def create_microsoft_app(
 
     async def run(request: Request, handler: Handler, shape: ErrorShape) -> Response:
         answer = await state.faults.run(
-            await _to_sim(request), handler, global_latency=True, shape=shape
+            await sim_request(request), handler, global_latency=True, shape=shape
         )
-        return _to_starlette(answer)
+        return starlette_response(answer)
 
     async def token(request: Request) -> Response:
         return await run(request, identity.token, aad_fault_shape)
@@ -90,22 +90,3 @@ def create_microsoft_app(
     app.state.microsoft = state
     app.state.graph = graph
     return app
-
-
-async def _to_sim(request: Request) -> SimRequest:
-    return SimRequest(
-        method=request.method,
-        path=request.url.path,
-        query=request.query_params.multi_items(),
-        headers={k.lower(): v for k, v in request.headers.items()},
-        body=await request.body(),
-        base_url=f"{request.url.scheme}://{request.url.netloc}",
-    )
-
-
-def _to_starlette(answer: SimResponse) -> Response:
-    body = answer.body()
-    media_type = answer.media_type if body or answer.status not in (202, 204, 302) else None
-    return Response(
-        content=body, status_code=answer.status, headers=answer.headers, media_type=media_type
-    )

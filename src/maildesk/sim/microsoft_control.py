@@ -30,7 +30,13 @@ from starlette.routing import Route
 
 from maildesk.errors import InputError
 from maildesk.sim.control_endpoint import control_endpoint as endpoint
-from maildesk.sim.faults import FaultRule
+from maildesk.sim.control_endpoint import (
+    count_field,
+    opt_str_field,
+    str_field,
+    strings_field,
+)
+from maildesk.sim.faults import parse_fault_request
 from maildesk.sim.graph_wire import parse_time
 from maildesk.sim.microsoft_state import MicrosoftState
 
@@ -46,48 +52,51 @@ def microsoft_control_routes(state: MicrosoftState) -> list[Route]:
 
     def create_app(_: Request, body: dict[str, Any]) -> dict[str, Any]:
         app = state.register_app(
-            _opt(body, "client_id"),
-            _opt(body, "client_secret"),
-            redirect_uris=_strings(body, "redirect_uris") or (),
+            opt_str_field(body, "client_id"),
+            opt_str_field(body, "client_secret"),
+            redirect_uris=strings_field(body, "redirect_uris") or (),
         )
         return {"client_id": app.client_id, "client_secret": app.client_secret}
 
     def create_mailbox(_: Request, body: dict[str, Any]) -> dict[str, Any]:
-        known = _strings(body, "well_known")
+        known = strings_field(body, "well_known")
         kwargs: dict[str, Any] = {} if known is None else {"well_known": known}
         mailbox = state.create_mailbox(
-            _req(body, "email"), display_name=_opt(body, "display_name"), **kwargs
+            str_field(body, "email"), display_name=opt_str_field(body, "display_name"), **kwargs
         )
         return {"id": mailbox.user_id, "email": mailbox.email}
 
     def grant(_: Request, body: dict[str, Any]) -> dict[str, Any]:
         token = state.grant(
-            _req(body, "email"),
-            _opt(body, "client_id"),
-            kind=_opt(body, "kind") or "graph",
-            scopes=_strings(body, "scopes"),
+            str_field(body, "email"),
+            opt_str_field(body, "client_id"),
+            kind=opt_str_field(body, "kind") or "graph",
+            scopes=strings_field(body, "scopes"),
         )
         return {"refresh_token": token}
 
     def revoke(_: Request, body: dict[str, Any]) -> dict[str, Any]:
-        return {"revoked": state.revoke(_req(body, "email"), code=_opt(body, "code") or "50173")}
+        code = opt_str_field(body, "code") or "50173"
+        return {"revoked": state.revoke(str_field(body, "email"), code=code)}
 
     def issue(_: Request, body: dict[str, Any]) -> dict[str, Any]:
-        return {"access_token": state.issue_access_token(_req(body, "refresh_token"))}
+        return {"access_token": state.issue_access_token(str_field(body, "refresh_token"))}
 
     def expire_tokens(_: Request, body: dict[str, Any]) -> dict[str, Any]:
-        return {"expired": state.expire_access_tokens(_opt(body, "email"))}
+        return {"expired": state.expire_access_tokens(opt_str_field(body, "email"))}
 
     def token_error(_: Request, body: dict[str, Any]) -> dict[str, Any]:
         state.queue_token_error(
-            _req(body, "error"), _int(body, "count", 1), email=_opt(body, "email")
+            str_field(body, "error"),
+            count_field(body, "count", 1),
+            email=opt_str_field(body, "email"),
         )
         return {"queued": len(state.identity.queued)}
 
     def identity(_: Request, body: dict[str, Any]) -> dict[str, Any]:
-        if (rotation := _opt(body, "rotation")) is not None:
+        if (rotation := opt_str_field(body, "rotation")) is not None:
             state.set_rotation(rotation)
-        if (style := _opt(body, "scope_style")) is not None:
+        if (style := opt_str_field(body, "scope_style")) is not None:
             state.set_scope_style(style)
         if "opaque_tokens" in body:
             state.identity.opaque_tokens = bool(body["opaque_tokens"])
@@ -116,30 +125,32 @@ def microsoft_control_routes(state: MicrosoftState) -> list[Route]:
 
     def add_folder(request: Request, body: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": state.add_folder(email(request), _req(body, "name"), parent=_opt(body, "parent"))
+            "id": state.add_folder(
+                email(request), str_field(body, "name"), parent=opt_str_field(body, "parent")
+            )
         }
 
     def add_message(request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        received = _opt(body, "received_at")
+        received = opt_str_field(body, "received_at")
         try:
             when = None if received is None else parse_time(received)
         except ValueError:
             raise InputError("received_at must be an ISO 8601 time with a zone") from None
         to = body.get("to")
         if to is not None and not isinstance(to, str):
-            to = _strings(body, "to")
+            to = strings_field(body, "to")
         new_id = state.add_message(
             email(request),
-            folder=_opt(body, "folder") or "inbox",
-            subject=_opt(body, "subject") or "",
-            sender=_opt(body, "sender"),
+            folder=opt_str_field(body, "folder") or "inbox",
+            subject=opt_str_field(body, "subject") or "",
+            sender=opt_str_field(body, "sender"),
             to=to,
-            html=_opt(body, "html") or "",
-            text=_opt(body, "text") or "",
+            html=opt_str_field(body, "html") or "",
+            text=opt_str_field(body, "text") or "",
             received_at=when,
             is_read=bool(body.get("is_read", False)),
             flagged=bool(body.get("flagged", False)),
-            internet_message_id=_opt(body, "internet_message_id"),
+            internet_message_id=opt_str_field(body, "internet_message_id"),
         )
         return {"id": new_id}
 
@@ -154,7 +165,7 @@ def microsoft_control_routes(state: MicrosoftState) -> list[Route]:
             mid(request),
             is_read=read,
             flagged=flagged,
-            subject=_opt(body, "subject"),
+            subject=opt_str_field(body, "subject"),
         )
         return {"id": mid(request)}
 
@@ -162,20 +173,20 @@ def microsoft_control_routes(state: MicrosoftState) -> list[Route]:
         state.delete_message(email(request), mid(request))
 
     def move_message(request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        state.move_message(email(request), mid(request), _req(body, "folder"))
+        state.move_message(email(request), mid(request), str_field(body, "folder"))
         return {"id": mid(request)}
 
     def expire_delta(request: Request, body: dict[str, Any]) -> None:
         state.expire_delta(
             email(request),
-            _opt(body, "folder"),
-            code=_opt(body, "code") or "SyncStateNotFound",
-            status=_int(body, "status", 410),
+            opt_str_field(body, "folder"),
+            code=opt_str_field(body, "code") or "SyncStateNotFound",
+            status=count_field(body, "status", 410),
         )
 
     def seed(request: Request, body: dict[str, Any]) -> dict[str, Any]:
         added = state.seed_mailbox(
-            email(request), _int(body, "count", 0), days=_int(body, "days", 365)
+            email(request), count_field(body, "count", 0), days=count_field(body, "days", 365)
         )
         return {"added": len(added)}
 
@@ -191,12 +202,12 @@ def microsoft_control_routes(state: MicrosoftState) -> list[Route]:
         }
 
     def lifecycle(request: Request, body: dict[str, Any]) -> None:
-        state.lifecycle(str(request.path_params["sub_id"]), _req(body, "event"))
+        state.lifecycle(str(request.path_params["sub_id"]), str_field(body, "event"))
 
     def sub_settings(_: Request, body: dict[str, Any]) -> dict[str, Any]:
         subs = state.subscriptions
         if "max_minutes" in body:
-            subs.max_minutes = _int(body, "max_minutes", subs.max_minutes)
+            subs.max_minutes = count_field(body, "max_minutes", subs.max_minutes)
         if "conflict_on_duplicate" in body:
             subs.conflict_on_duplicate = bool(body["conflict_on_duplicate"])
         return {
@@ -238,17 +249,9 @@ def microsoft_control_routes(state: MicrosoftState) -> list[Route]:
         }
 
     def add_faults(request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        if unknown := set(body) - {"rules", "latency_ms"}:
-            raise InputError(f"unknown fields {sorted(unknown)}: send {{rules: [...], latency_ms}}")
-        rules = body.get("rules") or []
-        if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
-            raise InputError("rules must be a list of objects")
-        built = [FaultRule.from_json(rule) for rule in rules]
-        latency = body.get("latency_ms")
+        built, latency = parse_fault_request(body)
         if latency is not None:
-            if not isinstance(latency, int | float) or latency < 0:
-                raise InputError("latency_ms must be a number >= 0")
-            state.set_latency(float(latency))
+            state.set_latency(latency)
         for rule in built:
             state.add_fault(rule)
         return list_faults(request, body)
@@ -269,7 +272,7 @@ def microsoft_control_routes(state: MicrosoftState) -> list[Route]:
         )
 
     def delta_faults(_: Request, body: dict[str, Any]) -> dict[str, Any]:
-        state.delta_faults.duplicate = _int(body, "duplicate", 0)
+        state.delta_faults.duplicate = count_field(body, "duplicate", 0)
         return {"duplicate": state.delta_faults.duplicate}
 
     box = "/mailboxes/{email}"
@@ -305,33 +308,3 @@ def microsoft_control_routes(state: MicrosoftState) -> list[Route]:
         Route("/notify-faults", endpoint(clear_notify_faults), methods=["DELETE"]),
         Route("/delta-faults", endpoint(delta_faults), methods=["POST"]),
     ]
-
-
-def _req(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str):
-        raise InputError(f"{name} is required and must be a string")
-    return value
-
-
-def _opt(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise InputError(f"{name} must be a string")
-    return value
-
-
-def _int(body: dict[str, Any], name: str, default: int) -> int:
-    value = body.get(name, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InputError(f"{name} must be an integer >= 0")
-    return value
-
-
-def _strings(body: dict[str, Any], name: str) -> list[str] | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InputError(f"{name} must be a list of strings")
-    return value

@@ -10,6 +10,7 @@ the rotated token.
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import json
 import random
@@ -20,13 +21,12 @@ from datetime import datetime, timedelta
 
 from maildesk.clock import Clock
 from maildesk.errors import InputError
+from maildesk.sim.auth_codes import AuthCode
 from maildesk.sim.graph_wire import AAD_ERRORS
 from maildesk.sim.microsoft_identity_types import (
     ACCESS_TOKEN_SECONDS,
-    CODE_LIFETIME,
     GRAPH,
     AadFailure,
-    AuthCode,
     MicrosoftApp,
     MsAccessToken,
     MsGrant,
@@ -35,7 +35,6 @@ from maildesk.sim.microsoft_identity_types import (
     normalize_scope,
     resource_of,
 )
-from maildesk.sim.oauth_state import pkce_challenge
 
 
 class IdentityRegistry:
@@ -277,20 +276,15 @@ class IdentityRegistry:
         code_challenge_method: str | None,
     ) -> AuthCode:
         """Record consent and return the code for the redirect."""
-        if code_challenge is not None and (code_challenge_method or "plain") not in (
-            "S256",
-            "plain",
-        ):
-            raise InputError("invalid code_challenge_method")
-        code = AuthCode(
-            self._random("0.AXsA-code.", 96),
-            app.client_id,
-            redirect_uri,
-            email,
-            tuple(normalize_scope(s) for s in scopes),
-            code_challenge,
-            code_challenge_method or ("plain" if code_challenge else None),
-            self.clock.now() + CODE_LIFETIME,
+        code = AuthCode.issue(
+            functools.partial(self._random, "0.AXsA-code.", 96),
+            client_id=app.client_id,
+            redirect_uri=redirect_uri,
+            email=email,
+            scopes=(normalize_scope(s) for s in scopes),
+            code_challenge=code_challenge,
+            code_challenge_method=code_challenge_method,
+            now=self.clock.now(),
         )
         self.codes[code.code] = code
         return code
@@ -316,13 +310,7 @@ class IdentityRegistry:
                     description="The code_verifier does not match the code_challenge supplied in "
                     "the authorization request, or the redirect URI differs.",
                 )
-            if pending.code_challenge is not None and not (
-                verifier
-                and hmac.compare_digest(
-                    pkce_challenge(verifier, pending.code_challenge_method or "plain"),
-                    pending.code_challenge,
-                )
-            ):
+            if not pending.verified_by(verifier):
                 raise AadFailure(
                     status=400,
                     error="invalid_grant",

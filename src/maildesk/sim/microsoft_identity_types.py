@@ -4,7 +4,7 @@ queued errors, the exchange log entries, and the scope helpers."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from maildesk.sim.graph_wire import AAD_ERRORS
 
@@ -15,7 +15,6 @@ ACCESS_TOKEN_SECONDS = 3599
 OIDC_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
 GRAPH_SCOPES = (f"{GRAPH}/Mail.ReadWrite", f"{GRAPH}/Mail.Send", "offline_access")
 IMAP_SCOPES = (f"{OUTLOOK}/IMAP.AccessAsUser.All", f"{OUTLOOK}/SMTP.Send", "offline_access")
-CODE_LIFETIME = timedelta(minutes=10)
 
 
 class AadFailure(Exception):
@@ -109,20 +108,6 @@ class TokenExchange:
     issued: str | None  # the refresh token returned, None on failure
     email: str | None
     error: str | None  # ``invalid_grant AADSTS70008`` …
-
-
-@dataclass(slots=True)
-class AuthCode:
-    """An authorization code waiting to be exchanged (single use)."""
-
-    code: str
-    client_id: str
-    redirect_uri: str
-    email: str
-    scopes: tuple[str, ...]
-    code_challenge: str | None
-    code_challenge_method: str | None
-    expires_at: datetime
 
 
 @dataclass(slots=True)

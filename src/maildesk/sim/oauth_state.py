@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-import hashlib
+import functools
 import hmac
 import random
 from collections.abc import Iterable
@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 
 from maildesk.clock import Clock
 from maildesk.errors import InputError, NotFound
+from maildesk.sim.auth_codes import AuthCode
 
 ACCESS_TOKEN_SECONDS = 3599
-_CODE_LIFETIME = timedelta(minutes=10)
 
 
 @dataclass(slots=True)
@@ -54,20 +54,6 @@ class AccessToken:
     def scopes(self) -> tuple[str, ...]:
         """What the token allows (its grant's scopes)."""
         return self.grant.scopes
-
-
-@dataclass(slots=True)
-class AuthCode:
-    """An authorization code waiting to be exchanged (single use)."""
-
-    code: str
-    client_id: str
-    redirect_uri: str
-    email: str
-    scopes: tuple[str, ...]
-    code_challenge: str | None
-    code_challenge_method: str | None
-    expires_at: datetime
 
 
 class OAuthError(Exception):
@@ -188,20 +174,15 @@ class OAuthRegistry:
         """Record the user's consent and return the code to send to the redirect URI."""
         if client.redirect_uris and redirect_uri not in client.redirect_uris:
             raise InputError("redirect_uri_mismatch")
-        if code_challenge is not None and (code_challenge_method or "plain") not in (
-            "S256",
-            "plain",
-        ):
-            raise InputError("invalid code_challenge_method")
-        code = AuthCode(
-            code=self._random("4/0A", 48),
+        code = AuthCode.issue(
+            functools.partial(self._random, "4/0A", 48),
             client_id=client.client_id,
             redirect_uri=redirect_uri,
             email=email,
-            scopes=tuple(scopes),
+            scopes=scopes,
             code_challenge=code_challenge,
-            code_challenge_method=code_challenge_method or ("plain" if code_challenge else None),
-            expires_at=self.clock.now() + _CODE_LIFETIME,
+            code_challenge_method=code_challenge_method,
+            now=self.clock.now(),
         )
         self.codes[code.code] = code
         return code
@@ -215,21 +196,9 @@ class OAuthRegistry:
             raise OAuthError(400, "invalid_grant", "Malformed auth code.")
         if pending.client_id != client.client_id or pending.redirect_uri != redirect_uri:
             raise OAuthError(400, "invalid_grant", "Bad Request")
-        if pending.code_challenge is not None:
-            if not code_verifier:
-                raise OAuthError(400, "invalid_grant", "Missing code verifier.")
-            if not hmac.compare_digest(
-                pkce_challenge(code_verifier, pending.code_challenge_method or "plain"),
-                pending.code_challenge,
-            ):
-                raise OAuthError(400, "invalid_grant", "Invalid code verifier.")
+        if pending.code_challenge is not None and not code_verifier:
+            raise OAuthError(400, "invalid_grant", "Missing code verifier.")
+        if not pending.verified_by(code_verifier):
+            raise OAuthError(400, "invalid_grant", "Invalid code verifier.")
         grant = self.create_grant(pending.email, pending.scopes, client.client_id)
         return grant, self.issue_access_token(grant)
-
-
-def pkce_challenge(verifier: str, method: str = "S256") -> str:
-    """The RFC 7636 code challenge for ``verifier``."""
-    if method == "plain":
-        return verifier
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")

@@ -18,10 +18,9 @@ every publish and every delivery attempt with clock times.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import httpx
 
 from maildesk.clock import Clock
+from maildesk.sim.delivery import Deliverer
 from maildesk.sim.gmail_objects import Watch
 from maildesk.sim.mailbox import Mailbox
 from maildesk.sim.oidc_keys import OidcKeys
@@ -54,7 +54,7 @@ class _Job:
     subscriptions: tuple[PushSubscription, ...]
 
 
-class PubSub:
+class PubSub(Deliverer[_Job]):
     """Topics' push subscriptions, the publish side fed by Gmail, and the push deliverer.
 
     ``lookup(email)`` finds a mailbox (for its watch and the change's history record).
@@ -63,6 +63,11 @@ class PubSub:
     concurrent POSTs; ``reorder_hold`` is how many real seconds a held-back (``reorder``) message
     waits for a successor before it goes anyway.
     """
+
+    _what = "the push deliverer"
+    _owner = "pubsub"
+    _task_name = "sim-pubsub-deliverer"
+    _undelivered = "{outstanding} publishes still undelivered after {timeout} s"
 
     def __init__(
         self,
@@ -80,6 +85,7 @@ class PubSub:
         reorder_hold: float = 5.0,
         log_limit: int = 100_000,
     ) -> None:
+        super().__init__(reorder_hold=reorder_hold)
         self.clock = clock
         self.keys = keys or OidcKeys(clock)
         self.backoff_scale = backoff_scale
@@ -88,7 +94,6 @@ class PubSub:
         self.retention = retention
         self.max_in_flight = max_in_flight
         self.rate_limit_interval = rate_limit_interval
-        self.reorder_hold = reorder_hold
         self.subscriptions: dict[str, PushSubscription] = {}
         self.faults = PushFaults()
         self.log: deque[PublishRecord] = deque(maxlen=log_limit)
@@ -98,12 +103,6 @@ class PubSub:
         self._next_id = self._rng.randrange(10**15, 9 * 10**15)
         self._last_publish: dict[str, datetime] = {}
         self._pending: deque[_Job] = deque()
-        self._held: _Job | None = None
-        self._outstanding = 0
-        self._flush = False
-        self._worker: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self._idle: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
 
     # -- configuration ---------------------------------------------------------------------
@@ -200,73 +199,27 @@ class PubSub:
             record.outcome = "dropped"
             return record
         self._pending.append(_Job(record, subs))
-        self._outstanding += 1
-        if self._idle is not None:
-            self._idle.clear()
-        if self._wake is not None:
-            self._wake.set()
+        self._queued()
         return record
 
     def _live(self, watch: Watch) -> bool:
         return watch.expiration_ms > int(self.clock.now().timestamp() * 1000)
 
     # -- the deliverer ---------------------------------------------------------------------
+    # Publishes not yet started when the deliverer stops (a held-back one included) stay
+    # queued for the next run.
 
-    @contextlib.asynccontextmanager
-    async def running(self, client: httpx.AsyncClient) -> AsyncIterator[PubSub]:
-        """Deliver queued and future publishes through ``client`` until the block exits.
-
-        On exit the worker and every delivery in flight are cancelled and awaited (those
-        records end ``cancelled``); publishes not yet started stay queued for the next run.
-        """
-        if self._worker is not None:
-            raise RuntimeError("the push deliverer is already running")
-        self._wake, self._idle = asyncio.Event(), asyncio.Event()
-        self._slots = asyncio.Semaphore(self.max_in_flight)
-        if self._outstanding == 0:
-            self._idle.set()
-        self._wake.set()
-        worker = asyncio.create_task(self._work(client), name="sim-pubsub-deliverer")
-        self._worker = worker
-        try:
-            yield self
-        finally:
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
-            self._worker = self._wake = self._idle = self._slots = None
-            self._flush = False
-        if not worker.cancelled() and worker.exception() is not None:
-            raise RuntimeError("the push deliverer failed") from worker.exception()
-
-    async def drain(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - wall-time bound
-        """Wait (at most ``timeout`` real seconds) until every queued publish is acked or given
-        up; a message held back by ``reorder`` is released. ``TimeoutError`` if time runs out."""
-        worker, wake, idle = self._worker, self._wake, self._idle
-        if worker is None or wake is None or idle is None:
-            raise RuntimeError("drain() needs the deliverer: async with pubsub.running(client)")
-        self._flush = True
-        wake.set()
-        waiter = asyncio.ensure_future(idle.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {waiter, worker}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            self._flush = False
-            waiter.cancel()
-            await asyncio.gather(waiter, return_exceptions=True)
-        if worker in done:
-            raise RuntimeError("the push deliverer stopped while draining")
-        if waiter not in done:
-            raise TimeoutError(f"{self._outstanding} publishes still undelivered after {timeout} s")
+    def _has_pending(self) -> bool:
+        return bool(self._pending)
 
     async def _work(self, client: httpx.AsyncClient) -> None:
-        assert self._wake is not None
+        self._slots = asyncio.Semaphore(self.max_in_flight)
         try:
             async with asyncio.TaskGroup() as group:
                 while True:
-                    job, released = await self._next_job(self._wake)
-                    if not released and self.faults.reorder > 0 and self._held is None:
+                    released = await self._wait_for_work()
+                    job = self._pending.popleft() if released is None else released
+                    if released is None and self.faults.reorder > 0 and self._held is None:
                         self.faults.reorder -= 1
                         self._held = job
                         continue
@@ -275,29 +228,10 @@ class PubSub:
                         self._start(group, client, self._held)
                         self._held = None
         finally:
+            self._slots = None
             if self._held is not None:
                 self._pending.appendleft(self._held)
                 self._held = None
-
-    async def _next_job(self, wake: asyncio.Event) -> tuple[_Job, bool]:
-        """The next queued job, or (second item True) the held-back one when nothing follows it
-        within ``reorder_hold`` or a ``drain`` asks for it."""
-        while not self._pending:
-            held = self._held
-            if held is not None and self._flush:
-                self._held = None
-                return held, True
-            wake.clear()
-            if held is None:
-                await wake.wait()
-                continue
-            try:
-                async with asyncio.timeout(self.reorder_hold):
-                    await wake.wait()
-            except TimeoutError:
-                self._held = None
-                return held, True
-        return self._pending.popleft(), False
 
     def _start(self, group: asyncio.TaskGroup, client: httpx.AsyncClient, job: _Job) -> None:
         copies = max(1, self.faults.duplicate)
@@ -395,6 +329,4 @@ class PubSub:
             return
         if record.outcome == "pending":
             record.outcome = "acked"
-        self._outstanding -= 1
-        if self._outstanding == 0 and self._idle is not None:
-            self._idle.set()
+        self._settled()

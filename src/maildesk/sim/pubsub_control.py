@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from maildesk.errors import InputError, NotFound
-from maildesk.sim.control_endpoint import control_endpoint
+from maildesk.sim.control_endpoint import control_endpoint, opt_str_field, str_field
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.wire import SimRequest, SimResponse
 
@@ -48,11 +48,11 @@ def pubsub_routes(state: GoogleState) -> list[Route]:
 
     def add_subscription(_: Request, body: dict[str, Any]) -> dict[str, Any]:
         sub = state.pubsub.add_subscription(
-            _req(body, "topic"),
-            _req(body, "endpoint"),
-            audience=_opt(body, "audience"),
-            service_account=_opt(body, "service_account"),
-            subscription=_opt(body, "subscription"),
+            str_field(body, "topic"),
+            str_field(body, "endpoint"),
+            audience=opt_str_field(body, "audience"),
+            service_account=opt_str_field(body, "service_account"),
+            subscription=opt_str_field(body, "subscription"),
         )
         return sub.to_json()
 
@@ -60,7 +60,7 @@ def pubsub_routes(state: GoogleState) -> list[Route]:
         return {"subscriptions": [s.to_json() for s in state.pubsub.subscriptions.values()]}
 
     def remove_subscription(_: Request, body: dict[str, Any]) -> None:
-        name = _req(body, "subscription")
+        name = str_field(body, "subscription")
         if not state.pubsub.remove_subscription(name):
             raise NotFound(f"no subscription {name}")
 
@@ -113,17 +113,3 @@ def pubsub_routes(state: GoogleState) -> list[Route]:
         Route("/pubsub/log", endpoint(get_log), methods=["GET"]),
         Route("/pubsub/keys", endpoint(keys), methods=["GET"]),
     ]
-
-
-def _req(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str):
-        raise InputError(f"{name} is required and must be a string")
-    return value
-
-
-def _opt(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise InputError(f"{name} must be a string")
-    return value

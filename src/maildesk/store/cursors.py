@@ -21,6 +21,16 @@ async def get(conn: AsyncConnection, account_id: int, name: str, scope: str = ""
     return None if value is None else str(value)
 
 
+async def get_named(
+    conn: AsyncConnection, account_id: int, names: frozenset[str]
+) -> dict[tuple[str, str], str]:
+    """Every cursor of the account called one of ``names``, in one query: (scope, name) → value."""
+    rows = await conn.execute(select(cursors.c.scope, cursors.c.name, cursors.c.value).where(
+        cursors.c.account_id == account_id, cursors.c.name.in_(sorted(names))
+    ))
+    return {(r.scope, r.name): str(r.value) for r in rows}
+
+
 async def put(
     conn: AsyncConnection, account_id: int, name: str, value: str, now: datetime, scope: str = ""
 ) -> None:

@@ -146,7 +146,8 @@ class OutlookSync:
                 (f for f in await mail_store.list_folders(conn, aid) if f.selected),
                 key=lambda f: (_ORDER.get(f.role, 4), f.name.casefold(), f.id),
             )
-            positions = {f.remote_id: await _position(conn, aid, f.remote_id) for f in chosen}
+            stored = await cursors.get_named(conn, aid, frozenset({ROUND, NEXT, DELTA}))
+            positions = {f.remote_id: _position(stored, f.remote_id) for f in chosen}
         self._positions = positions
         inbox = next((f for f in chosen if f.role is FolderRole.INBOX), None)
         errors: dict[str, tuple[FolderRow, ProviderError]] = {}
@@ -433,11 +434,12 @@ class OutlookEngine:
 
 
 # ---------------------------------------------------------------------- cursor helpers
-async def _position(conn: AsyncConnection, account_id: int, scope: str) -> _Position:
-    chunks = await cursors.get(conn, account_id, ROUND, scope=scope)
+def _position(stored: dict[tuple[str, str], str], scope: str) -> _Position:
+    """A folder's delta position from the account's cursors (read in one query per run)."""
+    chunks = stored.get((scope, ROUND))
     return _Position(
-        next=await cursors.get(conn, account_id, NEXT, scope=scope),
-        delta=await cursors.get(conn, account_id, DELTA, scope=scope),
+        next=stored.get((scope, NEXT)),
+        delta=stored.get((scope, DELTA)),
         chunks=None if chunks is None else int(chunks),
     )
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 
+from maildesk.errors import NotFound
+from maildesk.store import accounts as account_store
 from maildesk.store import users as user_store
+from maildesk.store.accounts import AccountRow
 from maildesk.store.database import Database
 from maildesk.web.auth import Sessions
 
@@ -43,3 +46,18 @@ class SessionAccess:
 
 def may_see(visible: frozenset[int] | None, account_id: int) -> bool:
     return visible is None or account_id in visible
+
+
+async def visible_account(
+    access: AccessPolicy, db: Database, request: Request
+) -> AccountRow | None:
+    """The account named by the ``account_id`` path parameter, or None when there is no such
+    account or the caller may not see it (both are answered alike)."""
+    account_id = int(request.path_params["account_id"])
+    if not may_see(await access.visible_accounts(request), account_id):
+        return None
+    try:
+        async with db.read() as conn:
+            return await account_store.get(conn, account_id)
+    except NotFound:
+        return None

@@ -19,17 +19,15 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from maildesk import mailboxes
-from maildesk.errors import NotFound
 from maildesk.push.status import push_status
 from maildesk.services import Services
-from maildesk.store import accounts as account_store
 from maildesk.store import mail as mail_store
 from maildesk.store import users as user_store
 from maildesk.store import views as view_store
 from maildesk.store.accounts import AccountRow
 from maildesk.store.tables import folders as folders_table
 from maildesk.web import render
-from maildesk.web.access import AccessPolicy, may_see
+from maildesk.web.access import AccessPolicy, visible_account
 from maildesk.web.auth import cached_user, flash
 from maildesk.web.folders import folder_label, sidebar
 from maildesk.web.token_check import TokenVerifier
@@ -69,14 +67,7 @@ class AccountPages:
         self.verifier = TokenVerifier(services)
 
     async def _account(self, request: Request) -> AccountRow | None:
-        account_id = int(request.path_params["account_id"])
-        if not may_see(await self.access.visible_accounts(request), account_id):
-            return None
-        try:
-            async with self.services.db.read() as conn:
-                return await account_store.get(conn, account_id)
-        except NotFound:
-            return None
+        return await visible_account(self.access, self.services.db, request)
 
     def _back(self, account_id: int, anchor: str = "") -> Response:
         return RedirectResponse(f"/mailboxes/{account_id}/account{anchor}", status_code=303)

@@ -33,17 +33,16 @@ from starlette.responses import RedirectResponse, Response
 
 from maildesk.domain.accounts import ProviderKind
 from maildesk.domain.push import PushState
-from maildesk.errors import InputError, MailDeskError, NotFound, NotReady
+from maildesk.errors import InputError, MailDeskError, NotReady
 from maildesk.push import timeline
 from maildesk.push.manager import gmail_push_settings
 from maildesk.push.outlook import webhook_urls
 from maildesk.push.status import push_status
 from maildesk.services import Services
-from maildesk.store import accounts as account_store
 from maildesk.store import push as push_store
 from maildesk.store.accounts import AccountRow
 from maildesk.web import render
-from maildesk.web.access import AccessPolicy, may_see
+from maildesk.web.access import AccessPolicy, may_see, visible_account
 from maildesk.web.auth import flash
 from maildesk.web.wording import error_sentence, provider_names, realtime_text
 
@@ -90,14 +89,7 @@ class RealtimePages:
         self.probe = probe
 
     async def _account(self, request: Request) -> AccountRow | None:
-        account_id = int(request.path_params["account_id"])
-        if not may_see(await self.access.visible_accounts(request), account_id):
-            return None
-        try:
-            async with self.services.db.read() as conn:
-                return await account_store.get(conn, account_id)
-        except NotFound:
-            return None
+        return await visible_account(self.access, self.services.db, request)
 
     @staticmethod
     def _back(account_id: int, anchor: str = "") -> Response:
