@@ -13,13 +13,15 @@ so callers only ever handle our types::
     │   │   ├── OAuthInvalid            grant revoked or expired: the mailbox must reconnect
     │   │   ├── ScopeMissing            the grant lacks a scope we need: reconnect and re-consent
     │   │   ├── WrongTokenKind          e.g. an IMAP-only Microsoft token used for Graph
-    │   │   └── OAuthNotConfigured      the app's client id/secret are not configured
+    │   │   ├── OAuthNotConfigured      the app's client id/secret are not configured
+    │   │   └── LoginFailed             an IMAP server refused the user name or password
     │   ├── TransientError              retry later; never reported as an auth problem
     │   │   ├── RateLimited(retry_after)
     │   │   └── ProviderUnavailable     5xx, timeouts, connection failures
     │   ├── CursorExpired               history 404 / delta 410 / UIDVALIDITY change: resync
     │   ├── MessageGone                 the object no longer exists at the provider (404)
     │   ├── ProtocolViolation           the provider answered something we cannot parse
+    │   ├── CapabilityMissing(capability) the server lacks an extension we need (IDLE, STARTTLS …)
     │   └── ProviderRejected            a 4xx that retrying will not fix (our request was wrong)
     ├── PushError
     │   ├── NotReady(reason)            the readiness guard refused a push registration
@@ -101,6 +103,16 @@ class OAuthNotConfigured(AuthError):
         self.fields = fields
 
 
+class LoginFailed(AuthError):
+    """An IMAP server refused the user name or password (LOGIN answered NO).
+
+    Not ``OAuthInvalid``: no grant was involved, and the fix is different (enter the new
+    password, not reconnect through a consent screen). XOAUTH2 refusals are ``OAuthInvalid``.
+    """
+
+    kind = "login_failed"
+
+
 class TransientError(ProviderError):
     """Temporary: retry with backoff. Never an auth problem."""
 
@@ -133,6 +145,19 @@ class ProtocolViolation(ProviderError):
     """The provider's answer is malformed (bad JSON, missing or mistyped fields)."""
 
     kind = "protocol"
+
+
+class CapabilityMissing(ProviderError):
+    """The server does not offer an extension we need (STARTTLS, AUTH=XOAUTH2, IDLE, CONDSTORE…).
+
+    Retrying will not help until the server's configuration changes. ``capability`` names it.
+    """
+
+    kind = "capability_missing"
+
+    def __init__(self, capability: str, message: str | None = None) -> None:
+        super().__init__(message or f"the server does not offer {capability}")
+        self.capability = capability
 
 
 class ProviderRejected(ProviderError):

@@ -45,6 +45,10 @@ def error_sentence(kind: str | None, provider: str) -> str:
                          "mail. Reconnect it and accept every requested permission.",
         "wrong_token_kind": "This mailbox is connected with a token for IMAP/SMTP, which cannot "
                             "call Microsoft Graph. Reconnect it with the Microsoft Graph option.",
+        "login_failed": "The mail server refused the user name or password. Enter the current "
+                        "password for this mailbox (no mail is lost meanwhile).",
+        "capability_missing": "The mail server lacks a feature MailDesk needs for this "
+                              "connection; the detail below names it.",
         "oauth_not_configured": f"The {org} OAuth app credentials are not configured on this "
                                 "server, so MailDesk cannot sign in to the mailbox.",
         "auth": f"{org} refused MailDesk's credentials. Check the OAuth app settings, then "
