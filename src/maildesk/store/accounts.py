@@ -123,16 +123,13 @@ async def create(
     return int(result.scalar_one())
 
 
+async def get(conn: AsyncConnection, account_id: int) -> AccountRow:
+    return await conn.run_sync(get_blocking, account_id)
+
+
 def get_blocking(conn: Connection, account_id: int) -> AccountRow:
     """``get`` for ``Database.run_write``."""
     r = conn.execute(select(accounts).where(accounts.c.id == account_id)).first()
-    if r is None:
-        raise NotFound(f"no account with id {account_id}")
-    return _row(r)
-
-
-async def get(conn: AsyncConnection, account_id: int) -> AccountRow:
-    r = (await conn.execute(select(accounts).where(accounts.c.id == account_id))).first()
     if r is None:
         raise NotFound(f"no account with id {account_id}")
     return _row(r)
@@ -208,15 +205,7 @@ async def request_sync(
     conn: AsyncConnection, account_id: int, *, reason: str, now: datetime
 ) -> None:
     """Stamp the account for a sync. Cheap and idempotent: N requests make one pending sync."""
-    await conn.execute(
-        update(accounts)
-        .where(accounts.c.id == account_id)
-        .values(
-            sync_request_seq=accounts.c.sync_request_seq + 1,
-            sync_requested_at=func.coalesce(accounts.c.sync_requested_at, now),
-            sync_reason=func.coalesce(accounts.c.sync_reason, reason),
-        )
-    )
+    await conn.execute(request_syncs_statement([account_id], reason=reason, now=now))
 
 
 def request_syncs_blocking(
@@ -269,9 +258,13 @@ class Claim:
     account: AccountRow | None = field(default=None, compare=False, repr=False)
 
 
+def _lease_free(now: datetime) -> Any:
+    return or_(accounts.c.lease_expires_at.is_(None), accounts.c.lease_expires_at < now)
+
+
 def _claimable(now: datetime) -> Any:
     return and_(
-        or_(accounts.c.lease_expires_at.is_(None), accounts.c.lease_expires_at < now),
+        _lease_free(now),
         or_(accounts.c.retry_at.is_(None), accounts.c.retry_at <= now),
     )
 
@@ -340,10 +333,7 @@ async def claim_one(
     """Claim a specific account (``maildesk account sync``), if no live lease holds it."""
     result = await conn.execute(
         update(accounts)
-        .where(
-            accounts.c.id == account_id,
-            or_(accounts.c.lease_expires_at.is_(None), accounts.c.lease_expires_at < now),
-        )
+        .where(accounts.c.id == account_id, _lease_free(now))
         .values(lease_owner=owner, lease_expires_at=now + lease)
         .returning(accounts.c.sync_request_seq, accounts.c.sync_reason)
     )
@@ -409,7 +399,7 @@ def release_blocking(
 
 
 async def update_fields(conn: AsyncConnection, account_id: int, **values: Any) -> None:
-    await conn.execute(update(accounts).where(accounts.c.id == account_id).values(**values))
+    await conn.run_sync(lambda sync_conn: update_fields_blocking(sync_conn, account_id, **values))
 
 
 def update_fields_blocking(conn: Connection, account_id: int, **values: Any) -> None:
