@@ -14,6 +14,7 @@ from maildesk.store import accounts as account_store
 from maildesk.store import jobs
 from maildesk.store.tables import messages
 from maildesk.sync.context import SyncContext
+from maildesk.sync.worker import PeriodicJob
 from tests.support.harness import Harness, without_unread
 
 EMAIL = "ops@example.com"
@@ -136,3 +137,32 @@ async def test_worker_serve_syncs_on_wake_and_stops_cleanly(harness: Harness) ->
     async with h.services.db.read() as conn:
         account = await account_store.get(conn, account_id)
     assert account.lease_owner is None, "a stopped worker leaves no lease behind"
+
+
+async def test_a_slow_periodic_job_does_not_hold_up_syncs(harness: Harness) -> None:
+    h = harness
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "took its time"
+
+    h.services.worker.periodic.append(PeriodicJob("slow", 3600.0, slow))
+    stop = asyncio.Event()
+    serving = asyncio.create_task(h.services.worker.serve(stop))
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        with h.services.bus.subscribe() as sub:
+            account_id = await h.add_gmail(EMAIL, seed=3)
+            first = await asyncio.wait_for(sub.get(), 10)
+        assert first is not None
+        assert first.account_id == account_id, "the mailbox synced while the job still ran"
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(serving, 10)
+    async with h.services.db.read() as conn:
+        runs = {r.job: r for r in await jobs.latest(conn)}
+    assert runs["slow"].status == "ok", "a stopping worker lets a running job finish"
+    assert runs["slow"].detail == "took its time"

@@ -74,52 +74,59 @@ class Worker:
         return await self.db.run_write(lambda conn: account_store.claim_due_blocking(
             conn, owner=self.owner, now=now, lease=lease, limit=limit, skip_locked=skip_locked))
 
-    async def run_due(self) -> list[SyncResult]:
-        """Claim and sync every due mailbox, to completion (tests, `maildesk account sync`)."""
-        results: list[SyncResult] = []
-        while claims := await self.claim(self.settings.worker_concurrency):
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._sync(c)) for c in claims]
-            results += [t.result() for t in tasks]
-        return results
-
     async def run_periodic(self, *, force: bool = False) -> None:
         """Run every periodic job that is due (all of them with ``force``)."""
-        for job in self.periodic:
-            now = self.clock.now()
-            if not force and job.next_at is not None and now < job.next_at:
-                continue
+        await self._run_jobs(self._due_jobs(force=force))
+
+    def _due_jobs(self, *, force: bool = False) -> list[PeriodicJob]:
+        """The jobs due now, each with its next time set (so it is not due again meanwhile)."""
+        now = self.clock.now()
+        due = [job for job in self.periodic
+               if force or job.next_at is None or now >= job.next_at]
+        for job in due:
             job.next_at = now + timedelta(seconds=job.interval)
+        return due
+
+    async def _run_jobs(self, due: list[PeriodicJob]) -> None:
+        # One after another: jobs such as push renewal and the lifecycle sweep act on the same
+        # subscriptions and must not race each other.
+        for job in due:
             await run_job(self.db, self.clock, job.name, job.run)
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set: claim due mailboxes as slots free up, run periodic jobs."""
+        """Run until ``stop`` is set: claim due mailboxes as slots free up, run periodic jobs.
+
+        Periodic jobs run beside the claim loop, never inside it: a slow job (a provider that
+        takes its time to renew a subscription) must not hold up every mailbox's sync."""
+        jobs_task: asyncio.Task[None] | None = None
         try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(self._wake_on(stop))
                 while not stop.is_set():
+                    # Cleared before looking, so a wake-up during the claim is not lost.
+                    self._wake.clear()
                     self._reap()
                     free = self.settings.worker_concurrency - len(self._running)
                     for claim in await self.claim(free):
                         task = group.create_task(self._sync(claim))
                         self._running[claim.account_id] = task
                         task.add_done_callback(lambda _t: self._wake.set())
-                    await self.run_periodic()
-                    self._wake.clear()
+                    # A job made due while the previous batch runs waits for that batch.
+                    if (jobs_task is None or jobs_task.done()) and (due := self._due_jobs()):
+                        jobs_task = group.create_task(self._run_jobs(due))
+                        jobs_task.add_done_callback(lambda _t: self._wake.set())
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self.settings.worker_tick):
-                            waiter = asyncio.ensure_future(self._wake.wait())
-                            stopper = asyncio.ensure_future(stop.wait())
-                            try:
-                                await asyncio.wait(
-                                    {waiter, stopper}, return_when=asyncio.FIRST_COMPLETED
-                                )
-                            finally:
-                                waiter.cancel()
-                                stopper.cancel()
+                            await self._wake.wait()
                 for task in self._running.values():
                     task.cancel()
         finally:
             self._running.clear()
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        """``stop`` is a wake-up too: the loop then sees it at once instead of after a tick."""
+        await stop.wait()
+        self._wake.set()
 
     def _reap(self) -> None:
         for account_id, task in list(self._running.items()):
