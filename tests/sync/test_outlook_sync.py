@@ -253,7 +253,8 @@ async def test_adds_updates_deletes_and_moves(db_url: str, clock: ManualClock) -
         graph.move(kept[0], INBOX)  # added in the inbox first, then @removed in Archive
         graph.move(ids[4], TRASH)  # "delete" in Outlook: a move to Deleted Items
 
-        await rig.run()
+        first = await rig.run()
+        assert first.more_work, "the follow-up run that deletes is asked for at once"
         state = await rig.state()
         assert state[new] == [INBOX]
         assert await rig.row(ids[0]) == (False, False)
@@ -263,7 +264,8 @@ async def test_adds_updates_deletes_and_moves(db_url: str, clock: ManualClock) -
         assert state[kept[0]] == [INBOX]
         assert state[ids[4]] == [TRASH]
 
-        await rig.run()
+        second = await rig.run()
+        assert not second.more_work, "no orphan is left waiting"
         assert await rig.state() == graph.state()
         after = await rig.local_ids()
         for moved in (ids[3], kept[0], ids[4]):

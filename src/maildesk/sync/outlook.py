@@ -130,6 +130,8 @@ class OutlookSync:
         self._fmap: dict[str, int] | None = None
         # Where each selected folder's delta stands now (kept current as pages are applied).
         self._positions: dict[str, _Position] = {}
+        # Messages this run left in no folder (added to ``graph_orphans`` as they were).
+        self._orphaned: set[int] = set()
 
     # ------------------------------------------------------------------ entry point
     async def run(self) -> None:
@@ -179,13 +181,6 @@ class OutlookSync:
             chosen = [f for f in chosen if f.remote_id in still]
             errors = {k: v for k, v in errors.items() if k in still}
         await self._finish(chosen, inbox, steady, pending, failed=bool(errors))
-        if not errors:
-            async with self.ctx.db.read() as conn:
-                orphans_left = await cursors.get(conn, aid, ORPHANS)
-            if orphans_left:
-                # Deletions wait for a run that starts after them: ask for it now, so a
-                # deleted message is gone in seconds rather than at the next poll.
-                self.ctx.more_work = True
         if errors:
             folder, exc = next(iter(errors.values()))
             prefix = f"folder {folder.name!r}: "
@@ -369,6 +364,7 @@ class OutlookSync:
         orphaned = {e.message_id for e in events
                     if e.kind is ChangeKind.UPDATED and not e.folder_ids}
         if orphaned:
+            self._orphaned |= orphaned
             aid = self.ctx.account_id
             known = _ids(await cursors.get(conn, aid, ORPHANS))
             await cursors.put(conn, aid, ORPHANS, _join(known | orphaned), self.ctx.clock.now())
@@ -386,6 +382,12 @@ class OutlookSync:
         settled = not failed and not self.ctx.more_work and all(
             f.remote_id in steady for f in chosen
         )
+        # What ``graph_orphans`` holds after this run: deletions wait for a run that starts
+        # after them, so ask for that run now (a deleted message is gone in seconds rather
+        # than at the next poll). A failed run is retried by the runner's backoff instead.
+        waiting = self._orphaned - pending if settled and pending else pending | self._orphaned
+        if waiting and not failed:
+            self.ctx.more_work = True
         listed = {f.remote_id for f in chosen if self._positions[f.remote_id].delta is not None}
         requested = [f for f in chosen if f.backfill_requested and f.remote_id in listed]
         async with self.ctx.db.read() as conn:
