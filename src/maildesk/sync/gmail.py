@@ -26,6 +26,7 @@ from maildesk.providers.gmail import GmailApi
 from maildesk.store import accounts as account_store
 from maildesk.store import cursors
 from maildesk.store import mail as mail_store
+from maildesk.store.accounts import AccountRow
 from maildesk.store.mail import FolderRow
 from maildesk.sync.context import SyncContext
 
@@ -67,11 +68,7 @@ class GmailSync:
             cursor = await cursors.get(conn, aid, HISTORY)
             account = await account_store.get(conn, aid)
             labels_at = await cursors.get(conn, aid, LABELS_AT)
-            backfill: _BackfillState | None = _BackfillState(
-                account.backfill_done,
-                None if account.backfill_done else await cursors.get(conn, aid, BACKFILL),
-                [f for f in await mail_store.list_folders(conn, aid) if f.backfill_requested],
-            )
+            backfill: _BackfillState | None = await _backfill_state(conn, aid, account)
         if cursor is None:
             await self.full_sync(initial=not account.initial_sync_done)
             cursor = await self._history_cursor()
@@ -176,21 +173,17 @@ class GmailSync:
         aid = self.ctx.account_id
         if state is None:
             async with self.ctx.db.read() as conn:
-                account = await account_store.get(conn, aid)
-                state = _BackfillState(
-                    account.backfill_done, await cursors.get(conn, aid, BACKFILL),
-                    [f for f in await mail_store.list_folders(conn, aid) if f.backfill_requested],
-                )
+                state = await _backfill_state(conn, aid, await account_store.get(conn, aid))
         budget = self.backfill_pages
         if not state.done:
-            budget = await self._backfill_scope(None, "", BACKFILL, state.token, budget)
+            budget = await self._backfill_scope(None, "", state.token, budget)
         for folder in state.requested:
             if budget <= 0:
                 break
             async with self.ctx.db.read() as conn:
                 ftoken = await cursors.get(conn, aid, BACKFILL, scope=folder.remote_id)
             budget = await self._backfill_scope(
-                [folder.remote_id], folder.remote_id, BACKFILL, ftoken, budget, folder_id=folder.id
+                [folder.remote_id], folder.remote_id, ftoken, budget, folder_id=folder.id
             )
         if budget <= 0:
             self.ctx.more_work = True
@@ -199,7 +192,6 @@ class GmailSync:
         self,
         label_ids: list[str] | None,
         scope: str,
-        name: str,
         token: str | None,
         budget: int,
         folder_id: int | None = None,
@@ -224,9 +216,9 @@ class GmailSync:
                 events = await self._apply_in(conn, upserts, gone)
                 now = self.ctx.clock.now()
                 if token is None:
-                    await cursors.drop(conn, aid, name, scope=scope)
+                    await cursors.drop(conn, aid, BACKFILL, scope=scope)
                 else:
-                    await cursors.put(conn, aid, name, token, now, scope=scope)
+                    await cursors.put(conn, aid, BACKFILL, token, now, scope=scope)
                 added = len(upserts)
                 if folder_id is None:
                     account = await account_store.get(conn, aid)
@@ -301,3 +293,12 @@ class GmailSync:
             conn, self.ctx.account_id, upserts, deletions, self._fmap, self.ctx.clock.now()
         )
 
+
+async def _backfill_state(
+    conn: AsyncConnection, account_id: int, account: AccountRow
+) -> _BackfillState:
+    return _BackfillState(
+        account.backfill_done,
+        None if account.backfill_done else await cursors.get(conn, account_id, BACKFILL),
+        [f for f in await mail_store.list_folders(conn, account_id) if f.backfill_requested],
+    )
