@@ -185,6 +185,14 @@ def test_header_lookup_is_case_insensitive_and_takes_the_first() -> None:
     assert parse_message_metadata(data).subject == "one"
 
 
+@pytest.mark.parametrize("raw", ["=?UTF-8?B?a?=", "=?x-unknown?q?abc?="])
+def test_broken_encoded_words_stay_raw(raw: str) -> None:
+    # Bad base64 makes the stdlib raise HeaderParseError: one odd subject must not fail a batch.
+    data: dict[str, Any] = copy.deepcopy(METADATA)
+    data["payload"]["headers"] = [{"name": "Subject", "value": raw}]
+    assert parse_message_metadata(data).subject == raw
+
+
 @pytest.mark.parametrize("pad", [True, False])
 def test_parse_message_body(pad: bool) -> None:
     body = parse_message_body(full_message(pad=pad))

@@ -451,6 +451,7 @@ def test_format_internaldate_round_trips() -> None:
         (b"=?UTF-8?Q?a?= =?UTF-8?Q?b?=", "ab"),  # whitespace between encoded-words vanishes
         (b"Re: =?iso-8859-1?q?caf=E9?= ok", "Re: café ok"),
         (b"=?x-unknown?q?abc?=", "=?x-unknown?q?abc?="),
+        (b"=?UTF-8?B?a?=", "=?UTF-8?B?a?="),  # bad base64: HeaderParseError in the stdlib
         (b"\xc3\xa9t\xc3\xa9 raw utf-8", "été raw utf-8"),
         (None, ""),
     ],

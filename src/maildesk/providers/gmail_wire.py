@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.header
 import email.message
 import html
 import json
@@ -23,6 +22,7 @@ from typing import Any, NamedTuple
 
 from maildesk.domain.mail import FolderRole, RemoteBody, RemoteFolder, RemoteMessage
 from maildesk.errors import ProtocolViolation
+from maildesk.providers.encoded_words import decode_encoded_words
 from maildesk.providers.gmail_batch import BatchPart, decode_batch, encode_batch
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "WatchResult",
     "b64url_decode",
     "decode_batch",
-    "decode_header_value",
     "encode_batch",
     "json_object",
     "parse_error",
@@ -200,16 +199,6 @@ def _headers(payload: Mapping[str, Any], where: str) -> dict[str, str]:
     return found
 
 
-def decode_header_value(value: str) -> str:
-    """Decode RFC 2047 words (``=?UTF-8?B?…?=``): Gmail returns header values undecoded."""
-    if "=?" not in value:
-        return value
-    try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except (ValueError, LookupError, UnicodeError):
-        return value  # a broken encoded word is still better shown raw than dropped
-
-
 def parse_message_metadata(data: Mapping[str, Any]) -> RemoteMessage:
     """``messages.get`` (format ``metadata`` or ``full``) → RemoteMessage.
 
@@ -220,7 +209,8 @@ def parse_message_metadata(data: Mapping[str, Any]) -> RemoteMessage:
     headers = _headers(_obj(payload, "payload"), "payload.") if payload is not None else {}
 
     def header(name: str) -> str:
-        return decode_header_value(headers.get(name.lower(), ""))
+        # Gmail returns header values with their RFC 2047 words undecoded.
+        return decode_encoded_words(headers.get(name.lower(), ""))
 
     return RemoteMessage(
         remote_id=_str(data, "id", ""),

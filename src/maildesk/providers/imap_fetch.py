@@ -13,17 +13,16 @@ without OBJECTID (RFC 8474); the sync engine can still match it by Message-ID.
 from __future__ import annotations
 
 import email
-import email.errors
-import email.header
 import email.policy
 import email.utils
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 
 from maildesk.domain.mail import RemoteBody, RemoteMessage
 from maildesk.errors import ProtocolViolation
+from maildesk.providers.encoded_words import decode_encoded_words
 from maildesk.providers.imap_wire import UidSet, Untagged, Value
 
 __all__ = [
@@ -81,18 +80,9 @@ def _text(value: Value) -> str:
 
 
 def decode_words(value: Value) -> str:
-    """A header value with RFC 2047 encoded-words decoded (``=?UTF-8?Q?…?=``).
-
-    Unknown charsets and broken encodings fall back to the raw text instead of failing: one odd
-    subject must not stop a folder's sync.
-    """
-    raw = _text(value)
-    if "=?" not in raw:
-        return raw
-    try:
-        return str(email.header.make_header(email.header.decode_header(raw)))
-    except (LookupError, ValueError, UnicodeError, email.errors.HeaderParseError):
-        return raw
+    """An IMAP string with RFC 2047 encoded-words decoded (``=?UTF-8?Q?…?=``); broken ones
+    stay raw (see :func:`~maildesk.providers.encoded_words.decode_encoded_words`)."""
+    return decode_encoded_words(_text(value))
 
 
 def format_internaldate(when: datetime) -> bytes:
@@ -219,10 +209,9 @@ class FetchedMessage:
     def merged(self, later: FetchedMessage) -> FetchedMessage:
         """This message updated with every attribute ``later`` carries (same message)."""
         changes = {
-            name: getattr(later, name)
-            for name in ("uid", "flags", "internaldate", "size", "modseq", "envelope", "header",
-                         "body")
-            if getattr(later, name) is not None
+            attribute.name: value
+            for attribute in fields(later)
+            if attribute.name != "seq" and (value := getattr(later, attribute.name)) is not None
         }
         return replace(self, **changes)
 
