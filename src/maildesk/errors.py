@@ -94,12 +94,16 @@ class WrongTokenKind(AuthError):
 
 
 class OAuthNotConfigured(AuthError):
-    """The OAuth app credentials are not configured. ``fields`` names the missing settings."""
+    """The OAuth app credentials are not configured. ``fields`` names the settings to fix.
+
+    ``message`` replaces the default "missing …" text when a setting is present but was rejected
+    (the operator fixes the same setting, so it is the same error).
+    """
 
     kind = "oauth_not_configured"
 
-    def __init__(self, fields: list[str]) -> None:
-        super().__init__("OAuth not configured: missing " + ", ".join(fields))
+    def __init__(self, fields: list[str], message: str | None = None) -> None:
+        super().__init__(message or "OAuth not configured: missing " + ", ".join(fields))
         self.fields = fields
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -82,25 +81,14 @@ def form(request: httpx.Request) -> dict[str, list[str]]:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def make_oauth(clock: ManualClock) -> AsyncIterator[Callable[..., MicrosoftOAuth]]:
-    clients: list[httpx.AsyncClient] = []
-
+def make_oauth(make_http: Callable[..., ProviderHttp]) -> Callable[..., MicrosoftOAuth]:
     def make(handler: Handler, client_id: str | None = "app-id",
              client_secret: str | None = "app-secret", **kwargs: Any) -> MicrosoftOAuth:
-        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-        clients.append(client)
-        http = ProviderHttp(client, clock=clock, rng=random.Random(5))
-        return MicrosoftOAuth(http, authority_url=AUTHORITY + "/", tenant="contoso.example",
-                              client_id=client_id, client_secret=client_secret, **kwargs)
+        return MicrosoftOAuth(make_http(handler), authority_url=AUTHORITY + "/",
+                              tenant="contoso.example", client_id=client_id,
+                              client_secret=client_secret, **kwargs)
 
-    yield make
-    for client in clients:
-        await client.aclose()
+    return make
 
 
 # --- refresh -------------------------------------------------------------------------------------
@@ -223,6 +211,7 @@ async def test_rejected_secret_is_a_config_error_naming_the_setting(
     assert "MAILDESK_MICROSOFT_CLIENT_SECRET" in str(caught.value)
     assert f"AADSTS{code}" in str(caught.value)
     assert "app-secret" not in str(caught.value)
+    assert caught.value.args == (str(caught.value),)
     assert len(script.requests) == 1
 
 

@@ -390,15 +390,13 @@ class MicrosoftOAuth:
                 if info.error == "invalid_client"
                 else self.client_id_setting
             )
-            error = OAuthNotConfigured([setting])
             # A configured-but-rejected value: same type and field as a missing one (the
             # operator fixes the same setting), with a message that says what happened.
-            error.message = (
+            return OAuthNotConfigured(
+                [setting],
                 f"Microsoft rejected the app credentials ({info.error}, {codes}, HTTP {status}): "
-                f"check {setting} (wrong, expired or for another app)"
+                f"check {setting} (wrong, expired or for another app)",
             )
-            error.args = (error.message,)
-            return error
         return ProviderRejected(
             f"Microsoft token endpoint answered HTTP {status} to the {what} "
             f"({info.error or 'no error code'}, {codes})",
