@@ -49,7 +49,6 @@ from maildesk.providers.gmail_wire import (
     parse_watch,
 )
 from maildesk.providers.http import (
-    GOOGLE_RATE_LIMIT_REASONS,
     ProviderHttp,
     TokenSource,
     is_rate_limited,
@@ -143,7 +142,7 @@ def gmail_error(
     described = f"{what}: Gmail answered {status}" + (f" ({detail})" if detail else "")
     if status == 401:
         return OAuthInvalid(described)
-    if status == 429 or (status == 403 and reasons & GOOGLE_RATE_LIMIT_REASONS):
+    if is_rate_limited(status, body):  # the rule ProviderHttp retries by
         return RateLimited(described, retry_after=retry_after)
     if status == 403 and reasons & SCOPE_REASONS:
         return ScopeMissing(described + ": the grant lacks a Gmail scope; reconnect the mailbox")

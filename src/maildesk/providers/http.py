@@ -259,14 +259,12 @@ class ProviderHttp:
                     raise OAuthInvalid(f"{where}: the provider rejected a freshly refreshed token")
                 refreshed = force_refresh = True
                 continue
-            rate_limited = is_rate_limited(status, response.content)
             if not (
-                rate_limited
-                or status == 408
-                or status >= 500
+                is_transient(status, response.content)
                 or (retry_if is not None and retry_if(response))
             ):
                 return response
+            rate_limited = is_rate_limited(status, response.content)
             failures += 1
             retry_after = parse_retry_after(response.headers.get("retry-after"), self.clock.now())
             what = f"{where} answered {status}"
