@@ -445,15 +445,7 @@ class ImapClient:
         return parse_body(remote_id, fetched[0].body)
 
     async def _uid_fetch(self, uids: UidSet | str, items: bytes) -> list[FetchedMessage]:
-        result = await self._uid_fetch_result(uids, items)
-        by_uid: dict[int, FetchedMessage] = {}
-        for response in result.untagged("FETCH"):
-            message = parse_fetch(response)
-            if message.uid is None:
-                continue  # an unsolicited flag update without UID: not an answer
-            earlier = by_uid.get(message.uid)
-            by_uid[message.uid] = earlier.merged(message) if earlier else message
-        return [by_uid[uid] for uid in sorted(by_uid)]
+        return _fetched_by_uid(await self._uid_fetch_result(uids, items))
 
     async def _uid_fetch_result(
         self, uids: UidSet | str, items: bytes, modifier: bytes | None = None
@@ -508,8 +500,7 @@ class ImapClient:
         """NOOP: lets the server report changes; returns every queued mailbox event."""
         result = await self._conn.command(b"NOOP")
         self._check(result, "NOOP")
-        events, self._conn.events = self._conn.events, []
-        return events
+        return self._conn.take_events()
 
     async def idle(self, max_wait: float) -> list[MailboxEvent]:
         """Wait for news on the selected folder: IDLE until an event or ``max_wait`` s, then DONE.
@@ -542,18 +533,20 @@ class ImapClient:
         raise ProviderRejected(text)
 
 
+def _fetched_by_uid(result: CommandResult) -> list[FetchedMessage]:
+    """The FETCH answers of ``result`` by ascending UID, several answers for one UID merged."""
+    by_uid: dict[int, FetchedMessage] = {}
+    for response in result.untagged("FETCH"):
+        message = parse_fetch(response)
+        if message.uid is None:
+            continue  # an unsolicited flag update without UID: not an answer
+        earlier = by_uid.get(message.uid)
+        by_uid[message.uid] = earlier.merged(message) if earlier else message
+    return [by_uid[uid] for uid in sorted(by_uid)]
+
+
 def _changes(result: CommandResult) -> Changes:
-    changed: dict[int, FetchedMessage] = {}
     vanished = UidSet()
-    for response in result.responses:
-        if isinstance(response, StatusResponse):
-            continue
-        if response.keyword == "FETCH":
-            message = parse_fetch(response)
-            if message.uid is not None:
-                earlier = changed.get(message.uid)
-                changed[message.uid] = earlier.merged(message) if earlier else message
-        elif response.keyword == "VANISHED":
-            gone = parse_vanished(response)
-            vanished = UidSet(vanished.ranges + gone.uids.ranges)
-    return Changes(tuple(changed[uid] for uid in sorted(changed)), vanished)
+    for response in result.untagged("VANISHED"):
+        vanished = UidSet(vanished.ranges + parse_vanished(response).uids.ranges)
+    return Changes(tuple(_fetched_by_uid(result)), vanished)

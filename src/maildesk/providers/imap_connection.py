@@ -313,7 +313,7 @@ class ImapConnection:
                 pending = list(segments[1:])
                 responses: list[Untagged | StatusResponse] = []
                 while True:
-                    response = await self._read_response(label)
+                    response = await self._read_response()
                     if isinstance(response, Continuation):
                         if pending:
                             await self._write(pending.pop(0))
@@ -357,7 +357,7 @@ class ImapConnection:
         server's tagged answer, so a dead connection is detected within ``command_timeout``.
         """
         if self.events:
-            return self._take_events()
+            return self.take_events()
         self.require("IDLE")
         wait = min(max_wait, self.server.idle_keepalive)
         async with self._lock:
@@ -366,7 +366,7 @@ class ImapConnection:
             try:
                 await self._write(tag.encode() + b" IDLE\r\n")
                 while True:
-                    response = await self._read_response("IDLE")
+                    response = await self._read_response()
                     if isinstance(response, Continuation):
                         break
                     if isinstance(response, StatusResponse) and response.tag == tag:
@@ -384,14 +384,14 @@ class ImapConnection:
                     self._idle_response(await self._finish_response(line))
                 await self._write(b"DONE\r\n")
                 while True:
-                    response = await self._read_response("IDLE (DONE)")
+                    response = await self._read_response()
                     if isinstance(response, StatusResponse) and response.tag == tag:
                         break
                     self._idle_response(response)
             except BaseException:
                 self.abort()
                 raise
-        return self._take_events()
+        return self.take_events()
 
     def _idle_response(self, response: Response) -> None:
         if isinstance(response, Continuation):
@@ -404,7 +404,8 @@ class ImapConnection:
             return  # "* OK Still here" keepalives
         self._note_event(response, _ALL_EVENTS)
 
-    def _take_events(self) -> list[MailboxEvent]:
+    def take_events(self) -> list[MailboxEvent]:
+        """Hand over (and forget) the queued mailbox events."""
         events, self.events = self.events, []
         return events
 
@@ -449,7 +450,7 @@ class ImapConnection:
         except (ConnectionError, OSError) as exc:
             raise ProviderUnavailable(self._gone(f"connection lost ({exc})")) from exc
 
-    async def _read_response(self, label: str) -> Response:
+    async def _read_response(self) -> Response:
         line = await self._read_line(self.server.command_timeout)
         assert line is not None
         return await self._finish_response(line)
