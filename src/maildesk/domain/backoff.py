@@ -22,5 +22,5 @@ class Backoff:
         ceiling = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
         ours = ceiling / 2 + rng.uniform(0, ceiling / 2)
         if retry_after is not None and retry_after > ours:
-            return min(retry_after, max(self.cap, retry_after))
+            return retry_after  # not capped: callers defer rather than sleep through long waits
         return ours
