@@ -6,8 +6,7 @@ import base64
 import email
 import email.policy
 import json
-import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -30,10 +29,10 @@ from maildesk.errors import (
 from maildesk.providers.gmail import METADATA_HEADERS, GmailApi, GmailClient, gmail_error
 from maildesk.providers.http import ProviderHttp
 from maildesk.providers.oauth import AccessTokenCache, GoogleOAuth
+from tests.support.scripted import Script, Tokens
 
 BASE = "https://gmail.example"
 USER = "/gmail/v1/users/me"
-Handler = Callable[[httpx.Request], httpx.Response]
 
 
 def error(code: int, reason: str, status: str = "") -> dict[str, Any]:
@@ -51,18 +50,6 @@ def metadata(message_id: str, labels: tuple[str, ...] = ("INBOX", "UNREAD")) -> 
     }
 
 
-class Tokens:
-    def __init__(self) -> None:
-        self.calls: list[bool] = []
-        self.generation = 1
-
-    async def __call__(self, *, force_refresh: bool = False) -> str:
-        self.calls.append(force_refresh)
-        if force_refresh:
-            self.generation += 1
-        return f"tok-{self.generation}"
-
-
 class FakeGmail:
     """Answers single calls from ``routes`` and batch calls from ``messages``.
 
@@ -72,21 +59,20 @@ class FakeGmail:
 
     def __init__(self) -> None:
         self.requests: list[httpx.Request] = []
-        self.routes: dict[tuple[str, str], list[httpx.Response]] = {}
+        self.routes: dict[tuple[str, str], Script] = {}
         self.messages: dict[str, dict[str, Any]] = {}
         self.faults: dict[str, list[tuple[int, dict[str, str], dict[str, Any]]]] = {}
         self.batches: list[list[str]] = []
         self.batch_paths: list[str] = []
 
     def route(self, method: str, path: str, *answers: httpx.Response) -> None:
-        self.routes[(method, path)] = list(answers)
+        self.routes[(method, path)] = Script(*answers)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if request.url.path == "/batch/gmail/v1":
             return self.batch(request)
-        answers = self.routes[(request.method, request.url.path)]
-        return answers.pop(0) if len(answers) > 1 else answers[0]
+        return self.routes[(request.method, request.url.path)](request)
 
     def batch(self, request: httpx.Request) -> httpx.Response:
         assert request.method == "POST"
@@ -121,25 +107,6 @@ class FakeGmail:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def http(clock: ManualClock) -> AsyncIterator[Callable[[Handler], ProviderHttp]]:
-    clients: list[httpx.AsyncClient] = []
-
-    def make(handler: Handler) -> ProviderHttp:
-        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-        clients.append(client)
-        return ProviderHttp(client, clock=clock, rng=random.Random(3))
-
-    yield make
-    for client in clients:
-        await client.aclose()
-
-
-@pytest.fixture
 def fake() -> FakeGmail:
     return FakeGmail()
 
@@ -150,8 +117,8 @@ def tokens() -> Tokens:
 
 
 @pytest.fixture
-def gmail(http: Callable[[Handler], ProviderHttp], fake: FakeGmail, tokens: Tokens) -> GmailClient:
-    return GmailClient(http(fake), api_base=BASE + "/", token=tokens)
+def gmail(make_http: Callable[..., ProviderHttp], fake: FakeGmail, tokens: Tokens) -> GmailClient:
+    return GmailClient(make_http(fake), api_base=BASE + "/", token=tokens)
 
 
 def test_client_satisfies_the_protocol(gmail: GmailClient) -> None:
@@ -274,9 +241,9 @@ async def test_rate_limit_carries_retry_after(gmail: GmailClient, fake: FakeGmai
 
 
 async def test_api_base_with_a_path_prefix(
-    http: Callable[[Handler], ProviderHttp], fake: FakeGmail, tokens: Tokens
+    make_http: Callable[..., ProviderHttp], fake: FakeGmail, tokens: Tokens
 ) -> None:
-    client = GmailClient(http(fake), api_base="http://127.0.0.1:9/sim/google", token=tokens)
+    client = GmailClient(make_http(fake), api_base="http://127.0.0.1:9/sim/google", token=tokens)
     fake.route("GET", f"/sim/google{USER}/profile", httpx.Response(200, json={
         "emailAddress": "a@example.com", "historyId": "1"}))
     assert (await client.profile()).history_id == 1
@@ -287,7 +254,7 @@ async def test_api_base_with_a_path_prefix(
         assert request.url.path == "/sim/google/batch/gmail/v1"
         return fake.batch(request)
 
-    client = GmailClient(http(handler), api_base="http://127.0.0.1:9/sim/google", token=tokens)
+    client = GmailClient(make_http(handler), api_base="http://127.0.0.1:9/sim/google", token=tokens)
     assert (await client.get_metadata(["m1"]))["m1"] is not None
     assert fake.batch_paths[0].startswith(f"/sim/google{USER}/messages/m1?")
 
@@ -319,11 +286,11 @@ async def test_get_metadata_of_nothing_sends_nothing(gmail: GmailClient, fake: F
 
 
 async def test_get_metadata_splits_into_batches(
-    http: Callable[[Handler], ProviderHttp], fake: FakeGmail, tokens: Tokens
+    make_http: Callable[..., ProviderHttp], fake: FakeGmail, tokens: Tokens
 ) -> None:
     ids = [f"m{i:03d}" for i in range(120)]
     fake.messages = {i: metadata(i) for i in ids}
-    client = GmailClient(http(fake), api_base=BASE, token=tokens, batch_size=50)
+    client = GmailClient(make_http(fake), api_base=BASE, token=tokens, batch_size=50)
     found = await client.get_metadata(ids)
     assert [len(batch) for batch in fake.batches] == [50, 50, 20]
     assert all(found[i] is not None for i in ids)
@@ -454,7 +421,7 @@ def test_gmail_error_uses_the_given_not_found() -> None:
 # --- end to end with the token cache --------------------------------------------------------------
 
 async def test_expired_access_token_is_refreshed_through_google_oauth(
-    http: Callable[[Handler], ProviderHttp], clock: ManualClock
+    make_http: Callable[..., ProviderHttp], clock: ManualClock
 ) -> None:
     issued: list[str] = []
 
@@ -467,7 +434,7 @@ async def test_expired_access_token_is_refreshed_through_google_oauth(
             return httpx.Response(401, json=error(401, "authError", "UNAUTHENTICATED"))
         return httpx.Response(200, json={"emailAddress": "a@example.com", "historyId": "9"})
 
-    provider_http = http(handler)
+    provider_http = make_http(handler)
     oauth = GoogleOAuth(provider_http, token_url=BASE + "/token", revoke_url=BASE + "/revoke",
                         client_id="cid", client_secret="csec")
     cache = AccessTokenCache(oauth, clock)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -31,9 +30,9 @@ from maildesk.providers.graph_wire import MESSAGE_SELECT
 from maildesk.providers.http import ProviderHttp
 from maildesk.providers.microsoft_oauth import MicrosoftOAuth
 from maildesk.providers.oauth import AccessTokenCache
+from tests.support.scripted import Script, Tokens
 
 BASE = "https://graph.example/v1.0"
-Handler = Callable[[httpx.Request], httpx.Response]
 Answer = httpx.Response | Exception
 
 
@@ -77,58 +76,23 @@ class FakeGraph:
     """Answers by (method, path); the last answer of a route repeats. Records every request."""
 
     def __init__(self) -> None:
-        self.routes: dict[tuple[str, str], list[Answer]] = {}
+        self.routes: dict[tuple[str, str], Script] = {}
         self.requests: list[httpx.Request] = []
 
     def route(self, method: str, path: str, *answers: Answer | dict[str, Any]) -> None:
-        self.routes[(method, "/v1.0" + path)] = [
-            httpx.Response(200, json=a) if isinstance(a, dict) else a for a in answers
-        ]
+        self.routes[(method, "/v1.0" + path)] = Script(
+            *(httpx.Response(200, json=a) if isinstance(a, dict) else a for a in answers)
+        )
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         key = (request.method, request.url.path)
         if key not in self.routes:
             return error(404, "ResourceNotFound", f"no route {key}")
-        answers = self.routes[key]
-        answer = answers.pop(0) if len(answers) > 1 else answers[0]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+        return self.routes[key](request)
 
     def query(self, index: int) -> dict[str, list[str]]:
         return parse_qs(self.requests[index].url.query.decode())
-
-
-class Tokens:
-    def __init__(self) -> None:
-        self.calls: list[bool] = []
-        self.generation = 1
-
-    async def __call__(self, *, force_refresh: bool = False) -> str:
-        self.calls.append(force_refresh)
-        if force_refresh:
-            self.generation += 1
-        return f"tok-{self.generation}"
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def http(clock: ManualClock) -> AsyncIterator[Callable[[Handler], ProviderHttp]]:
-    clients: list[httpx.AsyncClient] = []
-
-    def make(handler: Handler) -> ProviderHttp:
-        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-        clients.append(client)
-        return ProviderHttp(client, clock=clock, rng=random.Random(7))
-
-    yield make
-    for client in clients:
-        await client.aclose()
 
 
 @pytest.fixture
@@ -142,9 +106,9 @@ def tokens() -> Tokens:
 
 
 @pytest.fixture
-def graph(http: Callable[[Handler], ProviderHttp], fake: FakeGraph, tokens: Tokens
+def graph(make_http: Callable[..., ProviderHttp], fake: FakeGraph, tokens: Tokens
           ) -> GraphClient:
-    return GraphClient(http(fake), api_base=BASE + "/", token=tokens)
+    return GraphClient(make_http(fake), api_base=BASE + "/", token=tokens)
 
 
 def test_client_satisfies_the_protocol(graph: GraphClient) -> None:
@@ -505,7 +469,7 @@ async def test_reauthorize_and_delete(graph: GraphClient, fake: FakeGraph) -> No
 # --- with the real token cache ---------------------------------------------------------------
 
 async def test_graph_401_refreshes_through_microsoft_oauth_and_stores_the_rotation(
-    http: Callable[[Handler], ProviderHttp], clock: ManualClock
+    make_http: Callable[..., ProviderHttp], clock: ManualClock
 ) -> None:
     seen: list[tuple[str, str]] = []
     issued = iter(["1", "2", "3"])
@@ -523,7 +487,7 @@ async def test_graph_401_refreshes_through_microsoft_oauth_and_stores_the_rotati
             return error(401, "InvalidAuthenticationToken", "Access token has expired")
         return httpx.Response(200, json={"id": "u", "mail": "ada@x.example"})
 
-    provider_http = http(handler)
+    provider_http = make_http(handler)
     oauth = MicrosoftOAuth(provider_http, authority_url="https://login.example", tenant="common",
                            client_id="c", client_secret="s")
     stored = ["rt-0"]

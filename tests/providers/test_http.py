@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from email.utils import format_datetime
 
@@ -20,24 +19,9 @@ from maildesk.errors import (
     RateLimited,
 )
 from maildesk.providers.http import ProviderHttp, json_body, parse_retry_after
-from tests.support.scripted import Script
+from tests.support.scripted import Script, Tokens
 
 URL = "https://gmail.example/gmail/v1/users/me/profile"
-Handler = Callable[[httpx.Request], httpx.Response]
-
-class Tokens:
-    """A TokenSource that hands out tok-1, then tok-2 after a forced refresh."""
-
-    def __init__(self) -> None:
-        self.calls: list[bool] = []
-        self.generation = 1
-
-    async def __call__(self, *, force_refresh: bool = False) -> str:
-        self.calls.append(force_refresh)
-        if force_refresh:
-            self.generation += 1
-        return f"tok-{self.generation}"
-
 
 def google_error(code: int, reason: str, status: str = "") -> dict[str, object]:
     return {
@@ -48,25 +32,6 @@ def google_error(code: int, reason: str, status: str = "") -> dict[str, object]:
             "errors": [{"domain": "usageLimits", "reason": reason, "message": "boom"}],
         }
     }
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def make_http(clock: ManualClock) -> AsyncIterator[Callable[..., ProviderHttp]]:
-    clients: list[httpx.AsyncClient] = []
-
-    def make(handler: Handler, **kwargs: object) -> ProviderHttp:
-        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-        clients.append(client)
-        return ProviderHttp(client, clock=clock, rng=random.Random(7), **kwargs)  # type: ignore[arg-type]
-
-    yield make
-    for client in clients:
-        await client.aclose()
 
 
 async def test_success_is_returned_with_default_timeouts(

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from urllib.parse import parse_qs
 
 import httpx
@@ -35,26 +34,14 @@ def granted(**extra: object) -> httpx.Response:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def make_oauth(clock: ManualClock) -> AsyncIterator[Callable[..., GoogleOAuth]]:
-    clients: list[httpx.AsyncClient] = []
-
+def make_oauth(make_http: Callable[..., ProviderHttp]) -> Callable[..., GoogleOAuth]:
     def make(
         handler: Handler, client_id: str | None = "cid", client_secret: str | None = "csec"
     ) -> GoogleOAuth:
-        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-        clients.append(client)
-        http = ProviderHttp(client, clock=clock, rng=random.Random(1))
-        return GoogleOAuth(http, token_url=TOKEN_URL, revoke_url=REVOKE_URL,
+        return GoogleOAuth(make_http(handler), token_url=TOKEN_URL, revoke_url=REVOKE_URL,
                            client_id=client_id, client_secret=client_secret)
 
-    yield make
-    for client in clients:
-        await client.aclose()
+    return make
 
 
 async def test_refresh_posts_form_and_reads_grant(make_oauth: Callable[..., GoogleOAuth]) -> None:

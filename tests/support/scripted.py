@@ -1,4 +1,5 @@
-"""A scripted httpx MockTransport handler for provider-client tests."""
+"""Scripted stand-ins for provider-client tests: an httpx MockTransport handler and a token
+source."""
 
 from __future__ import annotations
 
@@ -19,3 +20,18 @@ class Script:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+class Tokens:
+    """A scripted TokenSource: hands out tok-1, then tok-2 after a forced refresh, and so on.
+    ``calls`` records each call's ``force_refresh``."""
+
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+        self.generation = 1
+
+    async def __call__(self, *, force_refresh: bool = False) -> str:
+        self.calls.append(force_refresh)
+        if force_refresh:
+            self.generation += 1
+        return f"tok-{self.generation}"
