@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 from maildesk.providers.imap import ImapServer, OAuth2Login, PasswordLogin, Security, Stage
 from maildesk.providers.imap_check import check_incoming_server
 from tests.support.dovecot import DovecotServer, Flavour
+from tests.support.ports import free_port
 
 from .fake_server import FakeImap, Peer
 from .servers import server_settings
@@ -46,9 +45,7 @@ async def test_unknown_host() -> None:
 
 
 async def test_closed_port() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     server = ImapServer("127.0.0.1", port, Security.SSL, connect_timeout=5)
     check = await check_incoming_server(server, PasswordLogin("u", "p"))
     assert (check.ok, check.stage) == (False, Stage.TCP)

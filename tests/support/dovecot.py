@@ -48,6 +48,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Self
 
+from tests.support.ports import free_port
+
 __all__ = ["PASSWORD", "DovecotServer", "Flavour", "MailboxAdmin", "make_message"]
 
 HOST = "127.0.0.1"
@@ -88,13 +90,6 @@ _FOLDERS = {
         "Archive": "",
     },
 }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -205,7 +200,7 @@ class DovecotServer:
                 os.chown(self._dir / "mail", mail_user.pw_uid, mail_user.pw_gid)
             self._uid, self._gid = self._mail_ids()
             for _ in range(_PORT_ATTEMPTS):
-                self._ports = (_free_port(), _free_port())
+                self._ports = (free_port(HOST), free_port(HOST))
                 self._write_config(key_path)
                 if self._start_server():
                     return

@@ -24,7 +24,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from urllib.parse import quote
 # asyncpg ships no type information; the second code keeps this line valid if stubs or a mypy
 # override appear later.
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+from tests.support.ports import free_port
 
 __all__ = ["PostgresCluster", "find_bindir"]
 
@@ -73,13 +74,6 @@ def find_bindir() -> Path:
         f"no PostgreSQL server found (looked for {_DEBIAN_ROOT}/*/bin/initdb and initdb on PATH); "
         "install it with: apt-get install -y postgresql"
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _quote_ident(name: str) -> str:
@@ -304,7 +298,7 @@ full_page_writes = off
 
     def _start_server(self) -> None:
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            self._port = _free_port()
+            self._port = free_port(HOST)
             result = self._run(
                 [
                     self._tool("pg_ctl"),
