@@ -30,6 +30,7 @@ from maildesk.clock import Clock
 from maildesk.domain.accounts import ProviderKind
 from maildesk.errors import WebhookRejected
 from maildesk.providers.pubsub_wire import parse_gmail_push, peek_email
+from maildesk.push.body import read_limited
 from maildesk.push.oidc import KeySource, bearer_token, verify_push_token
 from maildesk.push.recorder import NotificationRecorder
 from maildesk.store import push as push_store
@@ -37,7 +38,6 @@ from maildesk.store.database import Database
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
 CONFIG_TTL = timedelta(seconds=5)
 REJECTION_LOG_EVERY = timedelta(seconds=10)
 
@@ -90,7 +90,7 @@ class GmailWebhook:
     async def _handle(self, request: Request) -> int:
         if request.method != "POST":
             return 405
-        body = await _read_limited(request)
+        body = await read_limited(request)
         token = bearer_token(request.headers.get("authorization"))
         config = await self._load_config()
         if not config.audiences or not config.signers:
@@ -171,20 +171,3 @@ _PUBLIC_REASON = {
     503: "push verification is not configured",
 }
 
-
-async def _read_limited(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > MAX_BODY:
-                raise WebhookRejected(413, "declared body over the limit")
-        except ValueError as exc:
-            raise WebhookRejected(400, "bad Content-Length") from exc
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise WebhookRejected(413, "body over the limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
