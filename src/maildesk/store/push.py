@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, case, delete, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from maildesk.domain.accounts import ProviderKind
 from maildesk.domain.push import LifecycleAction, PushState, PushSubscription, stronger_action
+from maildesk.store import accounts as account_store
 from maildesk.store.tables import accounts, push_events, push_subscriptions
 
 
@@ -46,7 +47,12 @@ async def get(
 
 
 async def for_account(conn: AsyncConnection, account_id: int) -> list[SubscriptionRow]:
-    rows = await conn.execute(
+    return await conn.run_sync(for_account_blocking, account_id)
+
+
+def for_account_blocking(conn: Connection, account_id: int) -> list[SubscriptionRow]:
+    """``for_account`` for ``Database.run_write``."""
+    rows = conn.execute(
         select(push_subscriptions).where(push_subscriptions.c.account_id == account_id)
     )
     return [_row(r) for r in rows]
@@ -198,23 +204,14 @@ async def mark_lifecycle(
     return True
 
 
-async def record_notifications(
-    conn: AsyncConnection, account_ids: Sequence[int], provider: ProviderKind, now: datetime
-) -> None:
-    """A verified notification arrived: note it; a recovering subscription is active again."""
-    if not account_ids:
-        return
-    where = and_(push_subscriptions.c.account_id.in_(list(account_ids)),
-                 push_subscriptions.c.provider == provider.value)
-    await conn.execute(update(push_subscriptions).where(where).values(last_notification_at=now))
-    await conn.execute(update(push_subscriptions).where(
-        where, push_subscriptions.c.state == PushState.RECOVERING.value
-    ).values(state=PushState.ACTIVE.value, updated_at=now))
-
-
 async def add_events(conn: AsyncConnection, events: Sequence[dict[str, Any]]) -> None:
+    await conn.run_sync(add_events_blocking, events)
+
+
+def add_events_blocking(conn: Connection, events: Sequence[dict[str, Any]]) -> None:
+    """``add_events`` for ``Database.run_write``."""
     if events:
-        await conn.execute(insert(push_events), list(events))
+        conn.execute(insert(push_events), list(events))
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,53 +238,23 @@ async def prune_events(conn: AsyncConnection, older_than: datetime) -> int:
     return int(result.rowcount)
 
 
-
-# Blocking variants for ``Database.run_write`` (one transaction as one call on SQLite's writer
-# thread): the webhook's group commit runs these for every batch.
-from sqlalchemy import Connection  # noqa: E402  (kept with the functions that use it)
-
-
-def add_events_blocking(conn: Connection, events: Sequence[dict[str, Any]]) -> None:
-    if events:
-        conn.execute(insert(push_events), list(events))
-
+# The webhook's group commit (``push/recorder.py``) records every batch with these: as one call
+# on SQLite's writer thread (``Database.run_write``), or as one statement on PostgreSQL.
 
 def record_notifications_blocking(
     conn: Connection, account_ids: Sequence[int], provider: ProviderKind, now: datetime
 ) -> None:
-    """``record_notifications`` in one statement: note the notification; a recovering
-    subscription is active again."""
-    from sqlalchemy import case, literal  # here: these functions were added at the end
-
-    if not account_ids:
-        return
-    recovering = push_subscriptions.c.state == PushState.RECOVERING.value
-    at = literal(now, push_subscriptions.c.updated_at.type)
-    conn.execute(update(push_subscriptions).where(
-        push_subscriptions.c.account_id.in_(sorted(set(account_ids))),
-        push_subscriptions.c.provider == provider.value,
-    ).values(
-        last_notification_at=now,
-        state=case((recovering, PushState.ACTIVE.value), else_=push_subscriptions.c.state),
-        updated_at=case((recovering, at), else_=push_subscriptions.c.updated_at),
-    ))
-
-
-def for_account_blocking(conn: Connection, account_id: int) -> list[SubscriptionRow]:
-    """``for_account`` for ``Database.run_write``."""
-    rows = conn.execute(
-        select(push_subscriptions).where(push_subscriptions.c.account_id == account_id)
-    )
-    return [_row(r) for r in rows]
+    """A verified notification arrived for these mailboxes: note it; a recovering subscription
+    is active again."""
+    if account_ids:
+        conn.execute(record_notifications_statement(account_ids, provider, now))
 
 
 def record_notifications_statement(
     account_ids: Sequence[int], provider: ProviderKind, now: datetime
 ) -> Any:
-    """The UPDATE of ``record_notifications_blocking`` (``account_ids`` not empty), as a
-    statement to embed in ``record_batch_statement``."""
-    from sqlalchemy import case, literal
-
+    """The UPDATE of ``record_notifications_blocking`` (``account_ids`` not empty), one
+    statement to run alone or to embed in ``record_batch_statement``."""
     recovering = push_subscriptions.c.state == PushState.RECOVERING.value
     at = literal(now, push_subscriptions.c.updated_at.type)
     return update(push_subscriptions).where(
@@ -313,8 +280,6 @@ def record_batch_statement(
     (``accounts.request_syncs_statement``, whose ``(id, lease_expires_at)`` rows it returns).
     One statement is atomic on its own, so on an autocommit connection it is one round trip.
     The parts write different tables, so the CTEs' shared snapshot changes nothing."""
-    from maildesk.store import accounts as account_store
-
     ctes = [insert(push_events).values(list(events)).cte("recorded_events")] if events else []
     for n, (provider, ids) in enumerate(sorted(by_provider.items(), key=lambda kv: kv[0].value)):
         if ids:
