@@ -123,7 +123,7 @@ async def open_services(
 
         push = PushManager(
             db=db, clock=clock, settings=settings,
-            adapters=[GmailPush(connectors), outlook_push], wake=worker.wake,
+            adapters=[GmailPush(connectors.gmail), outlook_push], wake=worker.wake,
             on_config_change=config_changed, secrets=secrets,
         )
         worker.periodic += [

@@ -210,7 +210,7 @@ async def outlook_rig(
 
         push = PushManager(
             db=services.db, clock=h.clock, settings=settings,
-            adapters=[GmailPush(services.connectors),
+            adapters=[GmailPush(services.connectors.gmail),
                       OutlookPush(graph_for=graph_for, secrets=services.secrets,
                                   settings=settings, clock=h.clock)],
             wake=lambda: wakes.update(["sync"]), on_config_change=webhook.invalidate,

@@ -28,13 +28,13 @@ from maildesk.domain.push import (
     silent,
 )
 from maildesk.errors import ConfigError, InputError, MailDeskError, NotReady
+from maildesk.providers.gmail import GmailApi
 from maildesk.secretbox import SecretBox
 from maildesk.store import accounts as account_store
 from maildesk.store import push as push_store
 from maildesk.store.accounts import AccountRow
 from maildesk.store.database import Database
 from maildesk.store.push import SubscriptionRow
-from maildesk.sync.connectors import Connectors
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,12 @@ class ProviderPush(Protocol):
 
 
 class GmailPush:
+    """``gmail_for(account_id)`` gives that mailbox's Gmail client (``connectors.gmail``)."""
+
     provider = ProviderKind.GMAIL
 
-    def __init__(self, connectors: Connectors) -> None:
-        self._connectors = connectors
+    def __init__(self, gmail_for: Callable[[int], GmailApi]) -> None:
+        self._gmail_for = gmail_for
 
     async def check_ready(self, account: AccountRow) -> None:
         check_gmail_ready(provider=account.provider,
@@ -91,14 +93,14 @@ class GmailPush:
         previous: SubscriptionRow | None = None,
     ) -> Registration:
         topic = settings["topic"]
-        result = await self._connectors.gmail(account.id).watch(topic, ["INBOX"], "include")
+        result = await self._gmail_for(account.id).watch(topic, ["INBOX"], "include")
         return Registration(topic, str(result.history_id), result.expiration, settings)
 
     async def renew(self, account: AccountRow, row: SubscriptionRow) -> Registration:
         return await self.register(account, row.settings, row)
 
     async def stop(self, account: AccountRow, row: SubscriptionRow) -> None:
-        await self._connectors.gmail(account.id).stop()
+        await self._gmail_for(account.id).stop()
 
 
 def gmail_push_settings(*, project: str, topic: str, audience: str, signers: list[str]) -> dict[
