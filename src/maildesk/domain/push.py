@@ -98,10 +98,6 @@ class PushSubscription:
     last_renewal_at: datetime | None
     created_at: datetime
 
-    @property
-    def healthy(self) -> bool:
-        return self.state is PushState.ACTIVE
-
 
 def renewal_due(
     sub: PushSubscription,
