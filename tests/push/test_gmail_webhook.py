@@ -119,14 +119,23 @@ async def test_oversized_body_is_413_without_reading_it(
 ) -> None:
     big = b"x" * (64 * 1024 + 1)
     assert (await client.post(URL, content=big)).status_code == 413
+    streamed: list[int] = []
 
     async def stream() -> Any:
         for _ in range(100):
+            streamed.append(1)
             yield b"y" * 4096
 
     # No Content-Length (chunked): the limit applies while reading.
     response = await client.post(URL, content=stream(), headers={"Authorization": "Bearer a"})
     assert response.status_code == 413
+    assert len(streamed) <= 64 * 1024 // 4096 + 1, "reading stopped at the limit"
+    # A declared Content-Length over the limit is refused before anything is read.
+    streamed.clear()
+    response = await client.post(URL, content=stream(), headers={
+        "Authorization": "Bearer a", "Content-Length": str(100 * 4096)})
+    assert response.status_code == 413
+    assert streamed == []
 
 
 @pytest.mark.parametrize(
@@ -239,3 +248,29 @@ async def test_a_notification_returns_a_recovering_subscription_to_active(
         row = await push_store.get(conn, account_id, ProviderKind.GMAIL)
     assert row is not None
     assert row.sub.state is PushState.ACTIVE
+
+
+@pytest.mark.parametrize("other", ["audience", "signer"])
+async def test_a_token_counts_only_for_the_mailbox_that_configured_its_audience_and_signer(
+    harness: Harness, client: httpx.AsyncClient, google_key: RSAPrivateKey, other: str
+) -> None:
+    # The token is valid for the webhook (some mailbox configured its audience and signer), but
+    # the mailbox it names configured another one: authentic, so 202, but not its notification.
+    mine = await harness.add_gmail(EMAIL)
+    await _configure(harness, mine)
+    theirs = await harness.add_gmail("theirs@example.com")
+    if other == "audience":
+        await _configure(harness, theirs, audience="https://theirs.example/push")
+    else:
+        await _configure(harness, theirs, signers=("theirs@proj.iam.gserviceaccount.com",))
+    token = make_token(google_key, harness.clock.now().timestamp())
+    response = await client.post(URL, content=push_body("theirs@example.com"),
+                                 headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 202
+    assert harness.services.gmail_webhook.stats.unknown_mailbox == 1
+    async with harness.services.db.read() as conn:
+        account = await account_store.get(conn, theirs)
+        row = await push_store.get(conn, theirs, ProviderKind.GMAIL)
+    assert row is not None
+    assert row.sub.last_notification_at is None
+    assert account.sync_reason != "push"

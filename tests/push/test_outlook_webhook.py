@@ -211,6 +211,13 @@ async def test_oversized_body_is_413_without_reading_it(rig: OutlookRig) -> None
     # No Content-Length (chunked): the limit applies while reading.
     assert (await rig.client.post(URL, content=stream())).status_code == 413
     assert rig.webhook.stats.answers[413] == 3
+    assert len(streamed) <= 64 * 1024 // 4096 + 1, "reading stopped at the limit"
+    # A declared Content-Length over the limit is refused before anything is read.
+    streamed.clear()
+    response = await rig.client.post(URL, content=stream(),
+                                     headers={"Content-Length": str(100 * 4096)})
+    assert response.status_code == 413
+    assert streamed == []
 
 
 @pytest.mark.parametrize("body", [

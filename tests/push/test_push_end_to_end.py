@@ -6,47 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
 from sqlalchemy import func, select
 
-from maildesk.clock import ManualClock
 from maildesk.domain.accounts import ProviderKind
 from maildesk.domain.events import ChangeKind, MailEvent
 from maildesk.domain.push import PushState
 from maildesk.live.bus import Subscription
-from maildesk.push.manager import gmail_push_settings
-from maildesk.sim.gmail_state import GoogleState
 from maildesk.store import push as push_store
 from maildesk.store.tables import messages
-from tests.support.harness import MAILDESK, Harness, without_unread
+from tests.push.gmail_pubsub import PUSH_SETTINGS
+from tests.support.harness import Harness, without_unread
 
 EMAIL = "realtime@example.com"
-AUDIENCE = f"{MAILDESK}/maildesk/push/gmail"
-SIGNER = "gmail-push@proj.iam.gserviceaccount.com"
-TOPIC = "projects/proj/topics/gmail"
-DAYS = 10 * 86400
-
-
-@pytest.fixture
-async def pushing(db_url: str, clock: ManualClock, tmp_path: Path) -> AsyncIterator[Harness]:
-    google = GoogleState(clock=clock, rng=random.Random(5))
-    async with Harness.open(db_url=db_url, clock=clock, data_dir=tmp_path, google=google,
-                            poll_interval=DAYS, safety_poll_interval=DAYS) as h:
-        google.pubsub.add_subscription(TOPIC, f"{MAILDESK}/maildesk/push/gmail",
-                                       audience=AUDIENCE, service_account=SIGNER)
-        google.pubsub.backoff_scale = 0.001
-        yield h
 
 
 async def _enable(h: Harness) -> int:
     account_id = await h.add_gmail(EMAIL, seed=20)
     await h.sync_until_idle()
-    await h.services.push.enable(account_id, ProviderKind.GMAIL, gmail_push_settings(
-        project="proj", topic=TOPIC, audience=AUDIENCE, signers=[SIGNER]))
+    await h.services.push.enable(account_id, ProviderKind.GMAIL, PUSH_SETTINGS)
     return account_id
 
 

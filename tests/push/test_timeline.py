@@ -4,22 +4,16 @@ what a real push through the simulator leaves in the store."""
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
-from maildesk.clock import ManualClock
 from maildesk.domain.accounts import ProviderKind
 from maildesk.push import timeline
-from maildesk.push.manager import gmail_push_settings
 from maildesk.push.timeline import Observations, evaluate
-from maildesk.sim.gmail_state import GoogleState
 from maildesk.store.tables import messages
-from tests.support.harness import MAILDESK, Harness
+from tests.push.gmail_pubsub import PUSH_SETTINGS
+from tests.support.harness import Harness
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -79,21 +73,6 @@ def test_a_refusal_at_checkpoint_two_names_its_reason_and_the_fix() -> None:
 
 
 EMAIL = "timeline@example.com"
-PUSH_URL = f"{MAILDESK}/maildesk/push/gmail"
-SIGNER = "gmail-push@proj.iam.gserviceaccount.com"
-TOPIC = "projects/proj/topics/gmail"
-DAYS = 10 * 86400
-
-
-@pytest.fixture
-async def pushing(db_url: str, clock: ManualClock, tmp_path: Path) -> AsyncIterator[Harness]:
-    google = GoogleState(clock=clock, rng=random.Random(5))
-    async with Harness.open(db_url=db_url, clock=clock, data_dir=tmp_path, google=google,
-                            poll_interval=DAYS, safety_poll_interval=DAYS) as h:
-        google.pubsub.add_subscription(TOPIC, PUSH_URL, audience=PUSH_URL,
-                                       service_account=SIGNER)
-        google.pubsub.backoff_scale = 0.001
-        yield h
 
 
 async def _observed(h: Harness, run: timeline.TestRun, count: int) -> timeline.Timeline:
@@ -113,8 +92,7 @@ async def test_a_real_push_reaches_five_checkpoints_and_the_browser_report_the_s
     h = pushing
     account_id = await h.add_gmail(EMAIL, seed=5)
     await h.sync_until_idle()
-    await h.services.push.enable(account_id, ProviderKind.GMAIL, gmail_push_settings(
-        project="proj", topic=TOPIC, audience=PUSH_URL, signers=[SIGNER]))
+    await h.services.push.enable(account_id, ProviderKind.GMAIL, PUSH_SETTINGS)
     async with h.services.db.read() as conn:
         assert await timeline.current_test(conn, account_id) is None
         old_id = int((await conn.execute(select(messages.c.id).where(
