@@ -38,13 +38,17 @@ import pytest
 from sqlalchemy import func, select
 
 from maildesk.cli import main
-from maildesk.domain.accounts import GMAIL_SCOPE_FULL
+from maildesk.domain.accounts import GMAIL_SCOPE_FULL, ProviderKind
+from maildesk.errors import ConfigError
 from maildesk.passwords import verify_password
+from maildesk.secretbox import SecretBox
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.google import create_google_app
+from maildesk.store import accounts as account_store
+from maildesk.store import push as push_store
 from maildesk.store import users as user_store
 from maildesk.store.database import Database
-from maildesk.store.tables import folders, messages
+from maildesk.store.tables import accounts, folders, messages, push_subscriptions
 from tests.support.harness import CLIENT_ID, CLIENT_SECRET
 from tests.support.sim_thread import ThreadedServer, serve_in_thread
 
@@ -274,6 +278,54 @@ def test_settings_json_masks_secrets(
     assert "MAILDESK_SECRET_KEY=***" in text.splitlines()
     assert "google-shh" not in text
     assert "pg-shh" not in text
+
+
+def test_rotate_secrets_re_encrypts_every_stored_secret_with_the_newest_key(
+    db_env: dict[str, str], db_url: str, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every secret column: the refresh token, the IMAP password and the Graph clientState.
+    plain = {"refresh_token_enc": "rt-plain", "password_enc": "pw-plain",
+             "client_state_enc": "cs-plain"}
+    old, new = SecretBox(["key-old"]), SecretBox(["key-new"])
+    monkeypatch.setenv("MAILDESK_SECRET_KEY", "key-old")
+    assert_ok(cli("migrate"))
+
+    async def seed() -> None:
+        db = Database(db_url)
+        try:
+            async with db.transaction() as conn:
+                now = datetime.now(UTC)
+                account_id = await account_store.create(
+                    conn, provider=ProviderKind.OUTLOOK, email=ALICE, now=now,
+                    refresh_token_enc=old.encrypt(plain["refresh_token_enc"]),
+                    password_enc=old.encrypt(plain["password_enc"]))
+                await push_store.upsert(
+                    conn, account_id=account_id, provider=ProviderKind.OUTLOOK, now=now,
+                    client_state_enc=old.encrypt(plain["client_state_enc"]))
+        finally:
+            await db.dispose()
+
+    async def stored() -> dict[str, str]:
+        db = Database(db_url)
+        try:
+            async with db.read() as conn:
+                account = (await conn.execute(select(
+                    accounts.c.refresh_token_enc, accounts.c.password_enc))).one()
+                state = await conn.scalar(select(push_subscriptions.c.client_state_enc))
+        finally:
+            await db.dispose()
+        return {"refresh_token_enc": account.refresh_token_enc,
+                "password_enc": account.password_enc, "client_state_enc": str(state)}
+
+    asyncio.run(seed())
+    monkeypatch.setenv("MAILDESK_SECRET_KEY", "key-new,key-old")
+    result = assert_ok(cli("rotate-secrets"))
+    assert result.out.strip() == "re-encrypted 3 stored secrets with the newest key"
+    rotated = asyncio.run(stored())
+    for column, secret in plain.items():
+        assert new.decrypt(rotated[column]) == secret, column  # the old key can now be dropped
+        with pytest.raises(ConfigError):
+            old.decrypt(rotated[column])
 
 
 def test_settings_from_a_config_file_with_the_environment_winning(
