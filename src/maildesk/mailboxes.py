@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from maildesk.domain.accounts import AccountState, ProviderKind, TokenKind
 from maildesk.domain.push import PushState
 from maildesk.errors import InputError, MailDeskError, OAuthInvalid, ScopeMissing
-from maildesk.providers.http import TokenSource
+from maildesk.providers.gmail import GmailClient
+from maildesk.providers.graph import GraphClient
 from maildesk.providers.microsoft_oauth import token_kind
 from maildesk.providers.oauth import TokenGrant
 from maildesk.services import Services
@@ -50,23 +52,15 @@ async def add_gmail(
     its scopes are recorded, and the mailbox behind it must be ``email``.
     """
     email = _email(email)
-    if not refresh_token.strip():
-        raise InputError("the refresh token is empty")
+    token = _token(refresh_token)
     scopes: frozenset[str] = frozenset()
     if verify:
-        grant = await services.connectors.google_oauth.refresh(refresh_token.strip())
+        grant = await services.connectors.google_oauth.refresh(token)
         scopes = grant.scopes
-        profile = await services.connectors.gmail_with_token(_fixed(grant.access_token)
-                                                             ).profile()
-        if profile.email.lower() != email:
-            raise InputError(f"the token belongs to {profile.email}, not {email}")
-    async with services.db.transaction() as conn:
-        account_id = await account_store.create(
-            conn, provider=ProviderKind.GMAIL, email=email, now=services.clock.now(),
-            refresh_token_enc=services.secrets.encrypt(refresh_token.strip()), scopes=scopes,
-        )
-    services.worker.wake()
-    return account_id
+        address = await _mailbox_of(services, ProviderKind.GMAIL, grant.access_token)
+        if address.lower() != email:
+            raise InputError(f"the token belongs to {address}, not {email}")
+    return await _create(services, ProviderKind.GMAIL, email, token, scopes=scopes)
 
 
 async def add_outlook(
@@ -83,9 +77,7 @@ async def add_outlook(
     with the Microsoft Graph option, and every place that refuses it says so.
     """
     email = _email(email)
-    token = refresh_token.strip()
-    if not token:
-        raise InputError("the refresh token is empty")
+    token = _token(refresh_token)
     tenant = (tenant or services.settings.microsoft_tenant).strip()
     scopes: frozenset[str] = frozenset()
     kind: TokenKind | None = None
@@ -94,16 +86,20 @@ async def add_outlook(
         scopes, kind = grant.scopes, token_kind(grant)
         token = grant.refresh_token or token
         if kind is TokenKind.GRAPH:
-            profile = await services.connectors.graph_with_token(_fixed(grant.access_token)
-                                                                 ).profile()
-            if profile.email.lower() != email:
-                raise InputError(f"the token belongs to {profile.email}, not {email}")
+            address = await _mailbox_of(services, ProviderKind.OUTLOOK, grant.access_token)
+            if address.lower() != email:
+                raise InputError(f"the token belongs to {address}, not {email}")
+    return await _create(services, ProviderKind.OUTLOOK, email, token, scopes=scopes,
+                         token_kind=kind.value if kind else None, settings={"tenant": tenant})
+
+
+async def _create(services: Services, provider: ProviderKind, email: str, refresh_token: str,
+                  **fields: Any) -> int:
+    """Store a new mailbox with its (encrypted) refresh token; the worker syncs it at once."""
     async with services.db.transaction() as conn:
         account_id = await account_store.create(
-            conn, provider=ProviderKind.OUTLOOK, email=email, now=services.clock.now(),
-            refresh_token_enc=services.secrets.encrypt(token), scopes=scopes,
-            token_kind=kind.value if kind else None, settings={"tenant": tenant},
-        )
+            conn, provider=provider, email=email, now=services.clock.now(),
+            refresh_token_enc=services.secrets.encrypt(refresh_token), **fields)
     services.worker.wake()
     return account_id
 
@@ -129,32 +125,32 @@ def _email(email: str) -> str:
     return email
 
 
-def _fixed(access_token: str) -> TokenSource:
-    async def token(*, force_refresh: bool = False) -> str:
+def _token(refresh_token: str) -> str:
+    token = refresh_token.strip()
+    if not token:
+        raise InputError("the refresh token is empty")
+    return token
+
+
+async def _mailbox_of(services: Services, provider: ProviderKind, access_token: str) -> str:
+    """The address of the mailbox an access token opens (a real profile call), as the provider
+    spells it."""
+
+    async def fixed(*, force_refresh: bool = False) -> str:
         return access_token
 
-    return token
+    connectors = services.connectors
+    client: GmailClient | GraphClient = (connectors.gmail_with_token(fixed)
+                                         if provider is ProviderKind.GMAIL
+                                         else connectors.graph_with_token(fixed))
+    return (await client.profile()).email
 
 
 async def reconnect_gmail(services: Services, account_id: int, *, refresh_token: str) -> None:
     """Store a new refresh token for an existing mailbox; sync resumes where it stopped."""
     grant = await services.connectors.google_oauth.refresh(refresh_token.strip())
-    async with services.db.transaction() as conn:
-        await account_store.set_credentials(
-            conn, account_id, refresh_token_enc=services.secrets.encrypt(refresh_token.strip()),
-            scopes=grant.scopes, now=services.clock.now(),
-        )
-        await account_store.update_fields(conn, account_id, state=AccountState.OK.value,
-                                          last_error=None, last_error_kind=None)
-    services.connectors.forget_tokens(account_id)
-    services.worker.wake()
-    # Realtime resumes at once: a watch that failed for want of a valid token is re-registered
-    # now rather than at the next renewal run (which would also retry it).
-    async with services.db.read() as conn:
-        row = await push_store.get(conn, account_id, ProviderKind.GMAIL)
-    if row is not None and row.sub.state is PushState.ERROR:
-        with contextlib.suppress(MailDeskError):
-            await services.push.renew_account(account_id, ProviderKind.GMAIL)
+    await _reconnected(services, account_id, ProviderKind.GMAIL, refresh_token.strip(),
+                       grant.scopes)
 
 
 async def reconnect_gmail_grant(services: Services, account_id: int, grant: TokenGrant) -> None:
@@ -165,9 +161,9 @@ async def reconnect_gmail_grant(services: Services, account_id: int, grant: Toke
                          "consent screen")
     async with services.db.read() as conn:
         account = await account_store.get(conn, account_id)
-    profile = await services.connectors.gmail_with_token(_fixed(grant.access_token)).profile()
-    if profile.email.lower() != account.email:
-        raise InputError(f"you signed in as {profile.email}, not {account.email}: sign in with "
+    address = await _mailbox_of(services, ProviderKind.GMAIL, grant.access_token)
+    if address.lower() != account.email:
+        raise InputError(f"you signed in as {address}, not {account.email}: sign in with "
                          "the mailbox's own Google account")
     await reconnect_gmail(services, account_id, refresh_token=grant.refresh_token)
 
@@ -183,26 +179,33 @@ async def reconnect_outlook(services: Services, account_id: int, grant: TokenGra
         account = await account_store.get(conn, account_id)
     kind = token_kind(grant)
     if kind is TokenKind.GRAPH:
-        profile = await services.connectors.graph_with_token(_fixed(grant.access_token)
-                                                             ).profile()
-        if profile.email.lower() != account.email:
-            raise InputError(f"you signed in as {profile.email}, not {account.email}: sign in "
+        address = await _mailbox_of(services, ProviderKind.OUTLOOK, grant.access_token)
+        if address.lower() != account.email:
+            raise InputError(f"you signed in as {address}, not {account.email}: sign in "
                              "with the mailbox's own Microsoft account")
+    await _reconnected(services, account_id, ProviderKind.OUTLOOK, grant.refresh_token,
+                       grant.scopes, token_kind=kind.value)
+
+
+async def _reconnected(services: Services, account_id: int, provider: ProviderKind,
+                       refresh_token: str, scopes: frozenset[str], **fields: Any) -> None:
+    """Store a reconnect's token and clear the mailbox's error; sync resumes at once."""
     async with services.db.transaction() as conn:
         await account_store.set_credentials(
-            conn, account_id, refresh_token_enc=services.secrets.encrypt(grant.refresh_token),
-            scopes=grant.scopes, now=services.clock.now(),
+            conn, account_id, refresh_token_enc=services.secrets.encrypt(refresh_token),
+            scopes=scopes, now=services.clock.now(),
         )
         await account_store.update_fields(conn, account_id, state=AccountState.OK.value,
-                                          token_kind=kind.value, last_error=None,
-                                          last_error_kind=None)
+                                          last_error=None, last_error_kind=None, **fields)
     services.connectors.forget_tokens(account_id)
     services.worker.wake()
+    # Realtime resumes at once: a registration that failed for want of a valid token is retried
+    # now rather than at the next renewal run (which would also retry it).
     async with services.db.read() as conn:
-        row = await push_store.get(conn, account_id, ProviderKind.OUTLOOK)
+        row = await push_store.get(conn, account_id, provider)
     if row is not None and row.sub.state is PushState.ERROR:
         with contextlib.suppress(MailDeskError):
-            await services.push.renew_account(account_id, ProviderKind.OUTLOOK)
+            await services.push.renew_account(account_id, provider)
 
 
 async def summaries(services: Services) -> list[AccountSummary]:

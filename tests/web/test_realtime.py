@@ -4,17 +4,20 @@ and PKCE, both providers), over in-process HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pytest
 
 from maildesk import mailboxes
 from maildesk.clock import ManualClock
 from maildesk.domain.accounts import ProviderKind, TokenKind
 from maildesk.domain.push import PushState
+from maildesk.errors import InputError
 from maildesk.push import timeline
 from maildesk.sim.google import create_google_app
 from maildesk.sim.microsoft import create_microsoft_app
@@ -26,6 +29,7 @@ from tests.web.support import ADMIN, AGENT, Site, csrf_of, post_form
 
 GMAIL = "push@example.com"
 OUTLOOK = "olivia@example.com"
+MALLORY = "mallory@example.com"
 SIGNER = "gmail-push@acme.iam.gserviceaccount.com"
 PUSH_URL = f"{MAILDESK}/maildesk/push/gmail"
 
@@ -262,6 +266,32 @@ async def test_reconnect_outlook_stores_the_rotated_graph_token(harness: Harness
     results = await h.sync_until_idle()
     assert results
     assert all(r.status == "ok" for r in results)
+
+
+async def test_a_reconnect_signed_in_as_another_mailbox_is_refused_and_changes_nothing(
+    harness: Harness,
+) -> None:
+    h = harness
+    gmail_id = await h.add_gmail(GMAIL)
+    outlook_id = await h.add_outlook(OUTLOOK)
+
+    async def stored() -> list[str | None]:
+        async with h.services.db.read() as conn:
+            return [(await account_store.get(conn, i)).refresh_token_enc
+                    for i in (gmail_id, outlook_id)]
+
+    before = await stored()
+    connectors = h.services.connectors
+    mallory = h.grant(MALLORY)
+    # What the code flow returns: an access token and a refresh token, of Mallory's mailbox.
+    google_grant = dataclasses.replace(await connectors.google_oauth.refresh(mallory),
+                                       refresh_token=mallory)
+    with pytest.raises(InputError, match=f"you signed in as {MALLORY}, not {GMAIL}"):
+        await mailboxes.reconnect_gmail_grant(h.services, gmail_id, google_grant)
+    microsoft_grant = await connectors.microsoft_oauth().refresh(h.outlook_grant(MALLORY))
+    with pytest.raises(InputError, match=f"you signed in as {MALLORY}, not {OUTLOOK}"):
+        await mailboxes.reconnect_outlook(h.services, outlook_id, microsoft_grant)
+    assert await stored() == before
 
 
 async def test_reconnect_preflight_names_the_missing_app_credentials(
