@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Generator
 
 import uvicorn
@@ -53,19 +54,33 @@ def create_app(services: Services) -> Starlette:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (we stop it through ``should_exit``)."""
+    """uvicorn without its own signal handling (we stop it through ``should_exit``), telling
+    ``listening`` once its socket accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, listening: asyncio.Event | None) -> None:
+        super().__init__(config)
+        self._listening = listening
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # not when it cannot bind (it exits instead)
+            log.info("MailDesk listening on http://%s:%s", self.config.host, self.config.port)
+            if self._listening is not None:
+                self._listening.set()
 
-async def serve_until(app: Starlette, services: Services, stop: asyncio.Event) -> None:
-    """Run the web server and the worker until ``stop`` is set, then shut both down."""
+
+async def serve_until(app: Starlette, services: Services, stop: asyncio.Event, *,
+                      listening: asyncio.Event | None = None) -> None:
+    """Run the web server and the worker until ``stop`` is set, then shut both down.
+    ``listening`` is set once the server accepts connections (never, if it cannot bind)."""
     settings = services.settings
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, lifespan="off", timeout_graceful_shutdown=10)
-    server = _Server(config)
+    server = _Server(config, listening)
 
     async def stopper() -> None:
         await stop.wait()
@@ -100,5 +115,4 @@ async def run_server(settings: Settings) -> None:
     async with open_services(settings) as services:
         stop = asyncio.Event()
         with stop_on_signals(stop):
-            log.info("MailDesk listening on http://%s:%s", settings.host, settings.port)
             await serve_until(create_app(services), services, stop)

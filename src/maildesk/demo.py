@@ -20,7 +20,6 @@ import random
 import secrets
 from pathlib import Path
 
-import httpx
 from sqlalchemy import select
 
 from maildesk import mailboxes
@@ -111,40 +110,35 @@ async def run_demo(
                 services, email=DEMO_OUTLOOK, refresh_token=outlook_token)
             await mailboxes.sync_now(services, outlook_id)
             password = await _create_admin(services)
-            print(f"MailDesk demo: http://127.0.0.1:{port}/  (data in {data_dir})")
-            print(f"Sign in as {DEMO_ADMIN} with password {password}  (administrator; a new "
-                  "random password every start)")
-            print(f"Google simulator: {sim_url}  mailbox {DEMO_EMAIL}: {messages} seeded "
-                  f"messages. Microsoft simulator: {ms_url}  mailbox {DEMO_OUTLOOK}. New mail "
-                  f"every {interval:g} s, to each in turn. Realtime test: open a mailbox's "
-                  "Account page, then its realtime assistant. Ctrl-C stops.", flush=True)
-            stop = asyncio.Event()
+            banner = (
+                f"MailDesk demo: http://127.0.0.1:{port}/  (data in {data_dir})\n"
+                f"Sign in as {DEMO_ADMIN} with password {password}  (administrator; a new "
+                "random password every start)\n"
+                f"Google simulator: {sim_url}  mailbox {DEMO_EMAIL}: {messages} seeded "
+                f"messages. Microsoft simulator: {ms_url}  mailbox {DEMO_OUTLOOK}. New mail "
+                f"every {interval:g} s, to each in turn. Realtime test: open a mailbox's "
+                "Account page, then its realtime assistant. Ctrl-C stops.")
+            stop, listening = asyncio.Event(), asyncio.Event()
             with stop_on_signals(stop):
                 async with asyncio.TaskGroup() as group:
                     group.create_task(_log_arrivals(services, services.bus, stop))
                     group.create_task(_generate(google, microsoft, interval, stop))
                     group.create_task(_progress(services, account_id, stop))
                     group.create_task(_progress(services, outlook_id, stop))
-                    group.create_task(_enable_outlook_push(services, outlook_id))
+                    group.create_task(_when_listening(listening, banner, services, outlook_id))
                     if duration > 0:
                         group.create_task(_stop_after(duration, stop))
-                    await serve_until(create_app(services), services, stop)
+                    await serve_until(create_app(services), services, stop, listening=listening)
 
 
-async def _enable_outlook_push(services: Services, account_id: int) -> None:
-    """Graph validates the webhook before it creates a subscription, so Outlook push is turned
-    on once this server answers (a moment after start)."""
-    base = services.settings.base_url
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        for _ in range(100):
-            try:
-                if (await client.get(f"{base}/healthz")).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
+async def _when_listening(listening: asyncio.Event, banner: str, services: Services,
+                          outlook_id: int) -> None:
+    """Once this server accepts connections: print the URL (it opens from then on) and turn on
+    Outlook push (Graph validates the webhook before it creates a subscription)."""
+    await listening.wait()
+    print(banner, flush=True)
     try:
-        await services.push.enable(account_id, ProviderKind.OUTLOOK, {})
+        await services.push.enable(outlook_id, ProviderKind.OUTLOOK, {})
     except MailDeskError as exc:
         print(f"Outlook push could not be enabled: {exc.message}", flush=True)
 
