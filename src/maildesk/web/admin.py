@@ -20,6 +20,7 @@ from maildesk.store import users as user_store
 from maildesk.store import views as view_store
 from maildesk.web import render
 from maildesk.web.auth import Sessions, cached_user, flash
+from maildesk.web.wording import sentence
 
 
 def _text(form: FormData, name: str) -> str:
@@ -63,7 +64,7 @@ class AdminPages:
                         conn, email=email, password_hash=hash_password(password),
                         is_admin=is_admin, now=self.services.clock.now())
             except InputError as exc:
-                error = exc.message[:1].upper() + exc.message[1:] + "."
+                error = sentence(exc.message)
         if error:
             return await self._users_page(request, error=error, email=email, status_code=400)
         flash(request, "success", f"Created {'administrator' if is_admin else 'user'} {email}."

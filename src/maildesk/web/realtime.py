@@ -44,7 +44,7 @@ from maildesk.store.accounts import AccountRow
 from maildesk.web import render
 from maildesk.web.access import AccessPolicy, may_see, visible_account
 from maildesk.web.auth import flash
-from maildesk.web.wording import error_sentence, provider_names, realtime_text
+from maildesk.web.wording import error_sentence, provider_names, realtime_text, sentence
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class RealtimePages:
         try:
             await adapter.check_ready(account)
         except NotReady as exc:
-            return False, exc.message[:1].upper() + exc.message[1:] + "."
+            return False, sentence(exc.message)
         except MailDeskError as exc:
             return False, f"{error_sentence(exc.kind, 'outlook')} ({exc.message})"
         return True, ""
@@ -191,7 +191,7 @@ class RealtimePages:
                                            signers=_SPLIT.split(given["signer"]))
         except InputError as exc:
             return await self.page(request, form={**given, "audience": audience},
-                                   error=exc.message[:1].upper() + exc.message[1:] + ".",
+                                   error=sentence(exc.message),
                                    status_code=400)
         async with self.services.db.transaction() as conn:
             row = await push_store.get(conn, account.id, ProviderKind.GMAIL)

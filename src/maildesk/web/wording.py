@@ -15,6 +15,11 @@ PROVIDER_NAMES = {"gmail": ("Gmail", "Google"), "outlook": ("Outlook", "Microsof
                   "imap": ("IMAP", "the IMAP server")}
 
 
+def sentence(message: str) -> str:
+    """An error's message (lower-case, no full stop, as raised) as a sentence for a page."""
+    return message[:1].upper() + message[1:] + "."
+
+
 def provider_names(provider: str) -> tuple[str, str]:
     """(product, organisation): ("Gmail", "Google"), ("Outlook", "Microsoft")."""
     return PROVIDER_NAMES.get(provider, (provider.capitalize(), provider.capitalize()))
