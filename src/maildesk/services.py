@@ -113,7 +113,7 @@ async def open_services(
         outlook_webhook = OutlookWebhook(db=db, clock=clock, secrets=secrets, recorder=recorder,
                                          wake=worker.wake, wake_push=wake_push)
         outlook_push = OutlookPush(
-            graph_for=lambda a: connectors.graph(a.id, a.settings.get("tenant")),
+            graph_for=lambda a: connectors.graph(a.id, a.tenant),
             secrets=secrets, settings=settings, clock=clock,
         )
 

@@ -69,7 +69,7 @@ def _same_resource(a: str, b: str) -> bool:
 class OutlookPush:
     """``graph_for(account)`` gives that mailbox's Graph client (it takes the account row, not
     the id, because the client depends on the tenant kept in the account's settings:
-    ``lambda a: connectors.graph(a.id, a.settings.get("tenant"))``); ``secrets`` encrypts the
+    ``lambda a: connectors.graph(a.id, a.tenant)``); ``secrets`` encrypts the
     ``clientState`` at rest."""
 
     provider = ProviderKind.OUTLOOK

@@ -46,6 +46,12 @@ class AccountRow:
     backfill_fetched: int
     created_at: datetime
 
+    @property
+    def tenant(self) -> str | None:
+        """The Microsoft tenant the mailbox's grant belongs to (None: the configured default)."""
+        tenant = self.settings.get("tenant")
+        return tenant if isinstance(tenant, str) and tenant else None
+
 
 def _row(r: Any) -> AccountRow:
     return AccountRow(

@@ -167,6 +167,6 @@ class Connectors:
                 raise WrongTokenKind(
                     "this Outlook mailbox is connected with an IMAP/SMTP token, which cannot "
                     "call Microsoft Graph: reconnect with the Microsoft Graph option")
-            graph = self.graph(account.id, account.settings.get("tenant"))
+            graph = self.graph(account.id, account.tenant)
             return OutlookEngine(graph, ctx, self.settings)
         raise InputError(f"{account.provider} mailboxes are not supported yet")

@@ -104,16 +104,11 @@ class ReconnectPages:
                 code_challenge=challenge, redirect_uri=self.redirect_uri,
                 scopes=(GMAIL_SCOPE_FULL,), login_hint=account.email)
         if account.provider is ProviderKind.OUTLOOK:
-            oauth = connectors.microsoft_oauth(self._tenant(account))
+            oauth = connectors.microsoft_oauth(account.tenant)
             oauth.check_configured()
             return oauth.authorize_url(state, challenge, self.redirect_uri,
                                        login_hint=account.email)
         raise MailDeskError(f"{account.provider} mailboxes are not connected over OAuth")
-
-    @staticmethod
-    def _tenant(account: AccountRow) -> str | None:
-        tenant = account.settings.get("tenant")
-        return tenant if isinstance(tenant, str) else None
 
     def _prune(self, now: datetime) -> None:
         for key in [k for k, f in self._pending.items() if f.expires_at <= now]:
@@ -149,7 +144,7 @@ class ReconnectPages:
             else:
                 async with self.services.db.read() as conn:
                     account = await account_store.get(conn, flow.account_id)
-                oauth = connectors.microsoft_oauth(self._tenant(account))
+                oauth = connectors.microsoft_oauth(account.tenant)
                 grant = await oauth.exchange_code(code, self.redirect_uri, flow.verifier)
                 await mailboxes.reconnect_outlook(self.services, flow.account_id, grant)
         except MailDeskError as exc:

@@ -113,9 +113,7 @@ class TokenVerifier:
         if account.provider is ProviderKind.GMAIL:
             grant = await connectors.google_oauth.refresh(token)
         else:
-            tenant = account.settings.get("tenant")
-            grant = await connectors.microsoft_oauth(
-                tenant if isinstance(tenant, str) else None).refresh(token)
+            grant = await connectors.microsoft_oauth(account.tenant).refresh(token)
         if grant.refresh_token and grant.refresh_token != token:
             # Rotated (always on Microsoft): the old token may already be spent, keep the new.
             async with self.services.db.transaction() as conn:
