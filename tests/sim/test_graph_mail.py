@@ -201,3 +201,33 @@ async def test_control_api_drives_the_mailbox(world: MsWorld) -> None:
     assert (await world.refresh()).json()["error_codes"] == [70008]
     seeded = await world.http.post(f"/_sim/mailboxes/{EMAIL}/seed", json={"count": 40})
     assert seeded.json() == {"added": 40}
+
+
+async def test_fault_control_api_lists_adds_and_clears_every_fault(world: MsWorld) -> None:
+    rule = {"path": "/me$", "status": 503, "count": 1}
+    added = await world.http.post("/_sim/faults", json={"rules": [rule], "latency_ms": 5})
+    assert added.status_code == 200
+    assert added.json()["latency_ms"] == 5.0
+    assert [(r["path"], r["status"], r["count"]) for r in added.json()["rules"]] == [
+        ("/me$", 503, 1)
+    ]
+    assert (await world.http.post("/_sim/delta-faults", json={"duplicate": 2})).json() == {
+        "duplicate": 2
+    }
+    assert (await world.http.get("/_sim/faults")).json()["delta_duplicate"] == 2
+    notify = await world.http.post("/_sim/notify-faults", json={"drop": 3, "duplicate": 2})
+    assert (notify.json()["drop"], notify.json()["duplicate"]) == (3, 2)
+    assert (await world.get("/me")).status_code == 503
+    bad = await world.http.post("/_sim/faults", json={"rules": [{"path": "x", "stauts": 1}]})
+    assert bad.status_code == 400
+    assert (await world.http.delete("/_sim/notify-faults")).status_code == 204
+    assert (await world.http.get("/_sim/notify-faults")).json() == {
+        "drop": 0, "duplicate": 1, "delay_ms": 0.0, "wrong_client_state": 0, "reorder": 0
+    }  # fmt: skip
+    await world.http.post("/_sim/notify-faults", json={"reorder": 1})
+    assert (await world.http.delete("/_sim/faults")).status_code == 204
+    assert (await world.http.get("/_sim/faults")).json() == {
+        "rules": [], "latency_ms": 0.0, "delta_duplicate": 0
+    }  # fmt: skip
+    # Clearing the faults clears the notification faults too.
+    assert (await world.http.get("/_sim/notify-faults")).json()["reorder"] == 0

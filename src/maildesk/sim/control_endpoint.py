@@ -1,16 +1,19 @@
 """The one JSON wrapper every ``/_sim`` control route uses: parse an optional JSON object body,
-run the work, map our errors to 404/400, answer 204 for None and JSON otherwise; and the readers
-of that body's fields, which raise ``InputError`` (a 400) naming the field."""
+run the work, map our errors to 404/400, answer 204 for None and JSON otherwise; the readers
+of that body's fields, which raise ``InputError`` (a 400) naming the field; and the ``/faults``
+routes both simulators serve."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from maildesk.errors import InputError, NotFound
+from maildesk.sim.faults import FaultInjector, FaultRule, parse_fault_request
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Work = Callable[[Request, dict[str, Any]], Any]
@@ -79,3 +82,45 @@ def strings_field(
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InputError(f"{name} must be a list of strings")
     return value
+
+
+class FaultControl(Protocol):
+    """What a simulator state offers the ``/faults`` routes."""
+
+    faults: FaultInjector
+
+    def add_fault(self, rule: FaultRule | None = None, /, **fields: Any) -> FaultRule: ...
+
+    def set_latency(self, latency_ms: float) -> None: ...
+
+    def clear_faults(self) -> None: ...
+
+
+def fault_routes(state: FaultControl, extra: Callable[[], dict[str, Any]] = dict) -> list[Route]:
+    """``GET /faults`` → ``{rules, latency_ms, **extra()}``; ``POST /faults`` ``{rules: [...],
+    latency_ms}`` adds rules (see ``maildesk.sim.faults``) and answers the listing;
+    ``DELETE /faults`` is ``state.clear_faults()``."""
+
+    def list_faults(_: Request, __: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "rules": [rule.to_json() for rule in state.faults.rules],
+            "latency_ms": state.faults.latency_ms,
+            **extra(),
+        }
+
+    def add_faults(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        built, latency = parse_fault_request(body)
+        if latency is not None:
+            state.set_latency(latency)
+        for rule in built:
+            state.add_fault(rule)
+        return list_faults(request, body)
+
+    def clear_faults(_: Request, __: dict[str, Any]) -> None:
+        state.clear_faults()
+
+    return [
+        Route("/faults", control_endpoint(list_faults), methods=["GET"]),
+        Route("/faults", control_endpoint(add_faults), methods=["POST"]),
+        Route("/faults", control_endpoint(clear_faults), methods=["DELETE"]),
+    ]

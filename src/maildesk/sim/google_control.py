@@ -16,11 +16,11 @@ from starlette.routing import Route
 from maildesk.errors import InputError
 from maildesk.sim.control_endpoint import (
     control_endpoint,
+    fault_routes,
     opt_str_field,
     str_field,
     strings_field,
 )
-from maildesk.sim.faults import parse_fault_request
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.pubsub_control import pubsub_routes
 
@@ -137,23 +137,6 @@ def control_routes(state: GoogleState) -> list[Route]:
     def snapshot(request: Request, _: dict[str, Any]) -> dict[str, Any]:
         return state.snapshot(email(request))
 
-    def list_faults(_: Request, __: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "rules": [rule.to_json() for rule in state.faults.rules],
-            "latency_ms": state.faults.latency_ms,
-        }
-
-    def add_faults(request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        built, latency = parse_fault_request(body)
-        if latency is not None:
-            state.set_latency(latency)
-        for rule in built:
-            state.add_fault(rule)
-        return list_faults(request, body)
-
-    def clear_faults(_: Request, __: dict[str, Any]) -> None:
-        state.clear_faults()
-
     box = "/gmail/{email}"
     one = box + "/messages/{message_id}"
     return [
@@ -172,8 +155,6 @@ def control_routes(state: GoogleState) -> list[Route]:
         Route(box + "/expire-history", endpoint(expire_history), methods=["POST"]),
         Route(box + "/seed", endpoint(seed), methods=["POST"]),
         Route(box + "/state", endpoint(snapshot), methods=["GET"]),
-        Route("/faults", endpoint(list_faults), methods=["GET"]),
-        Route("/faults", endpoint(add_faults), methods=["POST"]),
-        Route("/faults", endpoint(clear_faults), methods=["DELETE"]),
+        *fault_routes(state),
         *pubsub_routes(state),
     ]

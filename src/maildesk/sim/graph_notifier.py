@@ -67,6 +67,11 @@ class NotifyFaults:
         """Every field."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def reset(self) -> None:
+        """Back to no faults (every field's default)."""
+        for f in fields(self):
+            setattr(self, f.name, f.default)
+
 
 @dataclass(frozen=True, slots=True)
 class Attempt:

@@ -32,11 +32,11 @@ from maildesk.errors import InputError
 from maildesk.sim.control_endpoint import control_endpoint as endpoint
 from maildesk.sim.control_endpoint import (
     count_field,
+    fault_routes,
     opt_str_field,
     str_field,
     strings_field,
 )
-from maildesk.sim.faults import parse_fault_request
 from maildesk.sim.graph_wire import parse_time
 from maildesk.sim.microsoft_state import MicrosoftState
 
@@ -241,24 +241,6 @@ def microsoft_control_routes(state: MicrosoftState) -> list[Route]:
             ]
         }
 
-    def list_faults(_: Request, __: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "rules": [r.to_json() for r in state.faults.rules],
-            "latency_ms": state.faults.latency_ms,
-            "delta_duplicate": state.delta_faults.duplicate,
-        }
-
-    def add_faults(request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        built, latency = parse_fault_request(body)
-        if latency is not None:
-            state.set_latency(latency)
-        for rule in built:
-            state.add_fault(rule)
-        return list_faults(request, body)
-
-    def clear_faults(_: Request, __: dict[str, Any]) -> None:
-        state.clear_faults()
-
     def notify_faults(_: Request, __: dict[str, Any]) -> dict[str, Any]:
         return state.notifier.faults.to_json()
 
@@ -266,10 +248,8 @@ def microsoft_control_routes(state: MicrosoftState) -> list[Route]:
         state.notifier.faults.update(body)
         return notify_faults(request, body)
 
-    def clear_notify_faults(request: Request, _: dict[str, Any]) -> None:
-        state.notifier.faults.update(
-            {"drop": 0, "duplicate": 1, "delay_ms": 0, "wrong_client_state": 0, "reorder": 0}
-        )
+    def clear_notify_faults(_: Request, __: dict[str, Any]) -> None:
+        state.notifier.faults.reset()
 
     def delta_faults(_: Request, body: dict[str, Any]) -> dict[str, Any]:
         state.delta_faults.duplicate = count_field(body, "duplicate", 0)
@@ -300,9 +280,7 @@ def microsoft_control_routes(state: MicrosoftState) -> list[Route]:
         Route("/subscriptions/{sub_id}/lifecycle", endpoint(lifecycle), methods=["POST"]),
         Route("/deliveries", endpoint(deliveries), methods=["GET"]),
         Route("/validations", endpoint(validations), methods=["GET"]),
-        Route("/faults", endpoint(list_faults), methods=["GET"]),
-        Route("/faults", endpoint(add_faults), methods=["POST"]),
-        Route("/faults", endpoint(clear_faults), methods=["DELETE"]),
+        *fault_routes(state, lambda: {"delta_duplicate": state.delta_faults.duplicate}),
         Route("/notify-faults", endpoint(notify_faults), methods=["GET"]),
         Route("/notify-faults", endpoint(set_notify_faults), methods=["POST"]),
         Route("/notify-faults", endpoint(clear_notify_faults), methods=["DELETE"]),

@@ -381,6 +381,4 @@ class MicrosoftState:
         """Remove every fault rule, the latency and the delta/notification faults."""
         self.faults.clear()
         self.delta_faults.duplicate = 0
-        self.notifier.faults.update(
-            {"drop": 0, "duplicate": 1, "delay_ms": 0, "wrong_client_state": 0, "reorder": 0}
-        )
+        self.notifier.faults.reset()
