@@ -27,8 +27,7 @@ from maildesk.errors import InputError
 from maildesk.sim.wire import SimRequest, SimResponse, google_error, oauth_error
 
 Handler = Callable[[SimRequest], Awaitable[SimResponse]]
-# Builds the error answer of a ``status`` rule in a simulator's own shape (Microsoft's Graph and
-# identity errors); ``None`` keeps Google's shapes.
+# Builds the error answer of a ``status`` rule in the shape of the endpoint it stands in for.
 ErrorShape = Callable[[int, "FaultRule"], SimResponse]
 
 _RULE_FIELDS = frozenset(
@@ -114,7 +113,6 @@ class FaultRule:
             raise InputError(f"invalid fault rule: {exc}") from exc
 
 
-
 def parse_fault_request(body: Mapping[str, Any]) -> tuple[list[FaultRule], float | None]:
     """The rules and the global latency (None: unchanged) of a ``POST /_sim/faults`` body,
     ``{rules: [...], latency_ms}``; every rule is checked before any is used (``InputError``)."""
@@ -130,6 +128,7 @@ def parse_fault_request(body: Mapping[str, Any]) -> tuple[list[FaultRule], float
     if not isinstance(latency, int | float) or latency < 0:
         raise InputError("latency_ms must be a number >= 0")
     return built, float(latency)
+
 
 class FaultInjector:
     """The live fault rules and global latency of one simulator."""
@@ -161,12 +160,11 @@ class FaultInjector:
         request: SimRequest,
         handler: Handler,
         *,
-        oauth: bool = False,
         global_latency: bool,
         shape: ErrorShape | None = None,
     ) -> SimResponse:
-        """Answer ``request`` through the rules; ``oauth`` picks the OAuth error shape and
-        ``shape`` (if given) replaces both Google shapes.
+        """Answer ``request`` through the rules; a ``status`` rule's error is built by ``shape``
+        (default: ``google_fault_shape``).
 
         ``global_latency`` is false for batch sub-requests: the batch itself already waited.
         """
@@ -184,15 +182,9 @@ class FaultInjector:
             status = rule.status if rule.status is not None else 200
             if rule.body is not None:
                 return SimResponse(status, content=rule.body.encode(), headers=headers)
-            if shape is not None:
-                response = shape(status, rule)
-                response.headers.update(headers)
-                return response
-            if oauth:
-                response = _oauth_fault(status)
-                response.headers.update(headers)
-                return response
-            return google_error(status, reason=rule.reason, headers=headers)
+            response = (shape or google_fault_shape)(status, rule)
+            response.headers.update(headers)
+            return response
         response = await handler(request)
         if rule.drop_fields and response.payload is not None:
             response.payload = drop_fields(response.payload, frozenset(rule.drop_fields))
@@ -209,7 +201,14 @@ def drop_fields(value: Any, names: frozenset[str]) -> Any:
     return value
 
 
-def _oauth_fault(status: int) -> SimResponse:
+def google_fault_shape(status: int, rule: FaultRule) -> SimResponse:
+    """The Gmail API error a ``status`` rule answers (``reason`` overrides Google's reason;
+    429 is ``rateLimitExceeded``)."""
+    return google_error(status, reason=rule.reason)
+
+
+def oauth_fault_shape(status: int, rule: FaultRule) -> SimResponse:
+    """The OAuth error a ``status`` rule on Google's token/authorize/revoke endpoints answers."""
     if status == 429 or status >= 500:
         error = "temporarily_unavailable" if status in (429, 503) else "server_error"
         return oauth_error(status, error, "The service is temporarily unavailable.")

@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 
 from maildesk.errors import InputError
 from maildesk.sim.batch import MAX_PARTS, format_batch, parse_batch
-from maildesk.sim.faults import FaultRule, Handler
+from maildesk.sim.faults import ErrorShape, FaultRule, Handler, oauth_fault_shape
 from maildesk.sim.gmail_api import GmailApi
 from maildesk.sim.gmail_state import GoogleState
 from maildesk.sim.google_control import control_routes
@@ -60,23 +60,23 @@ def create_google_app(
     gmail_only = _gmail_only(gmail)
     boundaries = itertools.count(1)
 
-    async def run(request: Request, handler: Handler, *, oauth_shape: bool) -> Response:
+    async def run(request: Request, handler: Handler, shape: ErrorShape | None = None) -> Response:
         answer = await state.faults.run(
-            await sim_request(request), handler, oauth=oauth_shape, global_latency=True
+            await sim_request(request), handler, global_latency=True, shape=shape
         )
         return starlette_response(answer)
 
     async def token(request: Request) -> Response:
-        return await run(request, oauth.token, oauth_shape=True)
+        return await run(request, oauth.token, oauth_fault_shape)
 
     async def authorize(request: Request) -> Response:
-        return await run(request, oauth.authorize, oauth_shape=True)
+        return await run(request, oauth.authorize, oauth_fault_shape)
 
     async def revoke(request: Request) -> Response:
-        return await run(request, oauth.revoke, oauth_shape=True)
+        return await run(request, oauth.revoke, oauth_fault_shape)
 
     async def gmail_call(request: Request) -> Response:
-        return await run(request, gmail.handle, oauth_shape=False)
+        return await run(request, gmail.handle)
 
     async def batch_handler(outer: SimRequest) -> SimResponse:
         try:
@@ -100,13 +100,13 @@ def create_google_app(
         )
 
     async def batch(request: Request) -> Response:
-        return await run(request, batch_handler, oauth_shape=False)
+        return await run(request, batch_handler)
 
     async def certs_v1_route(request: Request) -> Response:
-        return await run(request, functools.partial(certs_v1, state), oauth_shape=False)
+        return await run(request, functools.partial(certs_v1, state))
 
     async def certs_v3_route(request: Request) -> Response:
-        return await run(request, functools.partial(certs_v3, state), oauth_shape=False)
+        return await run(request, functools.partial(certs_v3, state))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
