@@ -40,9 +40,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bench._common import CLIENT_ID, CLIENT_SECRET, EMAIL
-from bench._process import wait_for_eof_or_signal
+from bench._process import announce_and_wait
 from maildesk.clock import SystemClock
-from maildesk.sim.graph_wire import subscription_time
 from maildesk.sim.microsoft import create_microsoft_app
 from maildesk.sim.microsoft_state import MicrosoftState
 from maildesk.sim.server import serve_app
@@ -61,13 +60,13 @@ def bench_routes(state: MicrosoftState) -> list[Route]:
 
     async def message(request: Request) -> Response:
         n = next(counter)
-        queued_before = len(state.notifier.log) + _pending(state)
+        queued_before = len(state.notifier.log) + state.notifier.pending
         changed_at = time.clock_gettime(time.CLOCK_MONOTONIC)
         new_id = state.add_message(
             EMAIL, subject=f"Latency probe #{n}", sender="Probe <probe@example.org>", to=EMAIL,
             text=f"probe {n}\n", html=f"<p>probe <b>{n}</b></p>",
         )
-        queued = len(state.notifier.log) + _pending(state) > queued_before
+        queued = len(state.notifier.log) + state.notifier.pending > queued_before
         # CLOCK_MONOTONIC is one clock for every process on Linux: a cross-check of where
         # inside the control request the change happened.
         return JSONResponse({"id": new_id, "queued": queued, "monotonic": changed_at})
@@ -78,22 +77,11 @@ def bench_routes(state: MicrosoftState) -> list[Route]:
         if len(live) != 1:
             return JSONResponse({"error": f"{len(live)} subscriptions"}, status_code=409)
         (sub,) = live
-        user_id = state.mailbox(EMAIL).user_id
-        out = []
-        for i in range(n):
-            message_id = f"AAMkAGbench{i:08d}"
-            path = f"Users/{user_id}/Messages/{message_id}"
-            item = {
-                "subscriptionId": sub.id,
-                "subscriptionExpirationDateTime": subscription_time(sub.expiration),
-                "changeType": "created",
-                "resource": path,
-                "resourceData": {"@odata.type": "#Microsoft.Graph.Message", "@odata.id": path,
-                                 "@odata.etag": f'W/"bench{i}"', "id": message_id},
-                "clientState": sub.client_state,
-                "tenantId": state.tenant_id,
-            }
-            out.append(json.dumps({"value": [item]}, separators=(",", ":")))
+        items = (
+            state.subscriptions.change_item(sub, "created", f"AAMkAGbench{i:08d}", f'W/"bench{i}"')
+            for i in range(n)
+        )
+        out = [json.dumps({"value": [item]}, separators=(",", ":")) for item in items]
         return JSONResponse({"bodies": out})
 
     async def deliveries(request: Request) -> Response:
@@ -103,7 +91,7 @@ def bench_routes(state: MicrosoftState) -> list[Route]:
             "items": sum(len(d.items) for d in log),
             "outcomes": Counter(d.outcome for d in log),
             "attempts": Counter(str(len(d.attempts)) for d in log),
-            "pending": _pending(state),
+            "pending": state.notifier.pending,
         })
 
     return [
@@ -113,10 +101,6 @@ def bench_routes(state: MicrosoftState) -> list[Route]:
     ]
 
 
-def _pending(state: MicrosoftState) -> int:
-    return state.notifier.pending
-
-
 async def serve(messages: int, seed: int) -> None:
     state, refresh_token = build_state(messages, seed)
     app = create_microsoft_app(state, deliver_notifications=True)
@@ -124,9 +108,7 @@ async def serve(messages: int, seed: int) -> None:
     async with serve_app(app, host="127.0.0.1") as url:
         hello = {"url": url, "refresh_token": refresh_token, "email": EMAIL,
                  "messages": len(state.snapshot(EMAIL)["messages"])}
-        sys.stdout.write(json.dumps(hello) + "\n")
-        sys.stdout.flush()
-        await wait_for_eof_or_signal()
+        await announce_and_wait(hello)
 
 
 def main(argv: list[str] | None = None) -> int:

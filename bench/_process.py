@@ -61,6 +61,21 @@ def tree_cpu_s(pid: int | None) -> float:
 
 
 # ------------------------------------------------------------------------------ processes
+def child_env() -> dict[str, str]:
+    """The environment of a ``python -m bench.…`` child: ours, with the repo root importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+async def announce_and_wait(hello: dict[str, Any]) -> None:
+    """A simulator child's side of the handshake: print ``hello`` as the ONE JSON line the
+    parent waits for, then serve until stdin closes or SIGTERM/SIGINT arrives."""
+    sys.stdout.write(json.dumps(hello) + "\n")
+    sys.stdout.flush()
+    await wait_for_eof_or_signal()
+
+
 async def wait_for_eof_or_signal() -> None:
     """What a child process waits for before it exits: its stdin closing or SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()

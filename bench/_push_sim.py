@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
 import time
@@ -42,7 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bench._common import CLIENT_ID, CLIENT_SECRET, EMAIL
-from bench._process import wait_for_eof_or_signal
+from bench._process import announce_and_wait
 from maildesk.clock import ManualClock
 from maildesk.domain.accounts import GMAIL_SCOPE_FULL
 from maildesk.sim.gmail_state import GoogleState
@@ -138,9 +137,7 @@ async def serve(messages: int, seed: int, behind: float) -> None:
             "messages": state.mailbox(EMAIL).messages_total,
             "token_sign_ms": round(token_sign_ms, 3),
         }
-        sys.stdout.write(json.dumps(hello) + "\n")
-        sys.stdout.flush()
-        await wait_for_eof_or_signal()
+        await announce_and_wait(hello)
 
 
 def main(argv: list[str] | None = None) -> int:

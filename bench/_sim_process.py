@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import json
 import random
 import sys
 import time
 
 from bench._common import CLIENT_ID, CLIENT_SECRET, EMAIL
-from bench._process import wait_for_eof_or_signal
+from bench._process import announce_and_wait
 from maildesk.clock import SystemClock
 from maildesk.domain.accounts import GMAIL_SCOPE_FULL
 from maildesk.sim.gmail_state import GoogleState
@@ -50,9 +49,7 @@ async def serve(messages: int, seed: int, email: str) -> None:
             "messages": mailbox.messages_total, "inbox": inbox,
             "seed_seconds": round(seed_seconds, 3),
         }
-        sys.stdout.write(json.dumps(hello) + "\n")
-        sys.stdout.flush()
-        await wait_for_eof_or_signal()
+        await announce_and_wait(hello)
 
 
 def main(argv: list[str] | None = None) -> int:

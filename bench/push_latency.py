@@ -109,6 +109,7 @@ from bench._process import (  # noqa: E402
     BenchFailure,
     Store,
     bench_database,
+    child_env,
     own_cpu_s,
     request_kind,
     run_per_database,
@@ -312,13 +313,12 @@ class SimInfo:
 
 
 @contextlib.asynccontextmanager
-async def push_simulator(seed: int, behind: float) -> AsyncIterator[SimInfo]:
-    """Start ``bench._push_sim``; always stop it (EOF on stdin, then SIGTERM, then SIGKILL)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+async def _simulator_child(module: str, *options: str) -> AsyncIterator[tuple[dict[str, Any], int]]:
+    """Start ``python -m module options…``; yield its hello line (JSON) and its pid; always
+    stop it (EOF on stdin, then SIGTERM, then SIGKILL)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._push_sim", "--seed", str(seed), "--behind", str(behind),
-        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        sys.executable, "-m", module, *options,
+        cwd=ROOT, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
@@ -326,14 +326,22 @@ async def push_simulator(seed: int, behind: float) -> AsyncIterator[SimInfo]:
             async with asyncio.timeout(SIM_START_TIMEOUT):
                 line = await proc.stdout.readline()
         except TimeoutError:
-            raise BenchFailure("the simulator did not start in time") from None
+            raise BenchFailure(f"{module} did not start in time") from None
         if not line:
-            raise BenchFailure(f"the simulator exited with status {await proc.wait()}")
-        hello = json.loads(line)
-        yield SimInfo(hello["url"], hello["refresh_token"], hello["email"], hello["topic"],
-                      int(hello["messages"]), float(hello["token_sign_ms"]), proc.pid)
+            raise BenchFailure(f"{module} exited with status {await proc.wait()}")
+        yield json.loads(line), proc.pid
     finally:
         await _stop(proc)
+
+
+@contextlib.asynccontextmanager
+async def push_simulator(seed: int, behind: float) -> AsyncIterator[SimInfo]:
+    """The Google simulator child, ``bench._push_sim``."""
+    async with _simulator_child(
+        "bench._push_sim", "--seed", str(seed), "--behind", str(behind)
+    ) as (hello, pid):
+        yield SimInfo(hello["url"], hello["refresh_token"], hello["email"], hello["topic"],
+                      int(hello["messages"]), float(hello["token_sign_ms"]), pid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,27 +355,10 @@ class GraphSimInfo:
 
 @contextlib.asynccontextmanager
 async def graph_simulator(seed: int) -> AsyncIterator[GraphSimInfo]:
-    """Start ``bench._graph_sim``; always stop it (EOF on stdin, then SIGTERM, then SIGKILL)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._graph_sim", "--seed", str(seed),
-        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        try:
-            async with asyncio.timeout(SIM_START_TIMEOUT):
-                line = await proc.stdout.readline()
-        except TimeoutError:
-            raise BenchFailure("the Microsoft simulator did not start in time") from None
-        if not line:
-            raise BenchFailure(f"the Microsoft simulator exited with status {await proc.wait()}")
-        hello = json.loads(line)
+    """The Microsoft simulator child, ``bench._graph_sim``."""
+    async with _simulator_child("bench._graph_sim", "--seed", str(seed)) as (hello, pid):
         yield GraphSimInfo(hello["url"], hello["refresh_token"], hello["email"],
-                           int(hello["messages"]), proc.pid)
-    finally:
-        await _stop(proc)
+                           int(hello["messages"]), pid)
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
@@ -424,10 +415,8 @@ async def serve_bare(probe: Probe, path: str = PUSH_PATH) -> AsyncIterator[str]:
 
 async def run_load(spec: dict[str, Any], limit_s: float) -> dict[str, Any]:
     """Run ``bench._http_load`` with ``spec``; its JSON result."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._http_load", cwd=ROOT, env=env,
+        sys.executable, "-m", "bench._http_load", cwd=ROOT, env=child_env(),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )
     try:
@@ -516,9 +505,32 @@ async def send_graph_message(control: httpx.AsyncClient, sim_url: str) -> Sample
 async def measure_latency(
     services: Services, send: Callable[[], Awaitable[Sample]],
     round_trip: Callable[[], Awaitable[object]], account_id: int,
+    probe: Probe, args: argparse.Namespace, profile_name: str,
+) -> list[Sample]:
+    """``send`` makes one change at the provider; ``round_trip`` is one bare provider call.
+    A bus subscriber stamps the events meanwhile; with ``--profile`` the part is profiled into
+    ``{profile_name}.pstats``."""
+    watcher = asyncio.create_task(_watch_bus(services, account_id, probe))
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
+    try:
+        return await _latency_samples(services, send, round_trip, account_id, probe,
+                                      args.messages, args.warmup, args.gap)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile / f"{profile_name}.pstats")
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _latency_samples(
+    services: Services, send: Callable[[], Awaitable[Sample]],
+    round_trip: Callable[[], Awaitable[object]], account_id: int,
     probe: Probe, count: int, warmup: int, gap: float,
 ) -> list[Sample]:
-    """``send`` makes one change at the provider; ``round_trip`` is one bare provider call."""
     samples: list[Sample] = []
     for n in range(warmup + count):
         sample = await send()
@@ -749,7 +761,7 @@ def summarize_throughput(results: dict[str, list[dict[str, Any]]]) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------ one run
-def bench_settings(data_dir: Path, db_url: str, sim_url: str, port: int) -> Settings:
+def bench_settings(data_dir: Path, db_url: str, port: int, *, sim_url: str) -> Settings:
     return Settings(
         data_dir=data_dir, database_url=db_url, secret_key="bench-secret-key",
         host="127.0.0.1", port=port, base_url=f"http://127.0.0.1:{port}",
@@ -761,7 +773,7 @@ def bench_settings(data_dir: Path, db_url: str, sim_url: str, port: int) -> Sett
     )
 
 
-def outlook_settings(data_dir: Path, db_url: str, sim_url: str, port: int) -> Settings:
+def outlook_settings(data_dir: Path, db_url: str, port: int, *, sim_url: str) -> Settings:
     """The Microsoft simulator's base is the identity authority; Graph is under /v1.0."""
     return Settings(
         data_dir=data_dir, database_url=db_url, secret_key="bench-secret-key",
@@ -781,7 +793,7 @@ async def _wait_synced(services: Services, account_id: int) -> None:
     await _until(synced, SETUP_TIMEOUT, "the initial sync", interval=0.05)
 
 
-async def _set_up_push(
+async def _set_up_gmail_push(
     services: Services, sim: SimInfo, control: httpx.AsyncClient, push_url: str
 ) -> int:
     """Connect the mailbox, let the worker sync it, then enable push (as the demo does)."""
@@ -798,6 +810,18 @@ async def _set_up_push(
         project=PROJECT, topic=sim.topic, audience=push_url, signers=[SIGNER]))
     await _until(lambda: _idle(services, account_id), SETUP_TIMEOUT, "the watch's first sync",
                  interval=0.01)
+    return account_id
+
+
+async def _set_up_outlook_push(services: Services, sim: GraphSimInfo) -> int:
+    """Connect the mailbox, let the worker sync it, then enable push (as the demo does)."""
+    account_id = await mailboxes.add_outlook(services, email=sim.email,
+                                             refresh_token=sim.refresh_token)
+    await _wait_synced(services, account_id)
+    # Registration runs Graph's validation handshake against our webhook.
+    await services.push.enable(account_id, ProviderKind.OUTLOOK, {})
+    await _until(lambda: _idle(services, account_id), SETUP_TIMEOUT,
+                 "the subscription's first sync", interval=0.01)
     return account_id
 
 
@@ -846,18 +870,31 @@ async def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     return run
 
 
-async def measure_outlook(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Running:
+    """MailDesk served as ``maildesk serve`` runs it, instrumented by ``probe``."""
+
+    services: Services
+    push_url: str  # the webhook the probe stamps
+    store: Store
+    control: httpx.AsyncClient  # for the simulator's control routes and our /healthz
+
+
+@contextlib.asynccontextmanager
+async def running_maildesk(
+    kind: str, name: str, probe: Probe,
+    settings_for: Callable[[Path, str, int], Settings],
+) -> AsyncIterator[Running]:
+    """A store (``name``: the PostgreSQL database), a data dir and MailDesk on a free port
+    (``settings_for(data_dir, database_url, port)``) with the worker running, until healthy;
+    stopped on the way out."""
     async with (
-        graph_simulator(args.seed) as sim,
-        bench_database(kind, "maildesk_outlook_push_bench") as store,
+        bench_database(kind, name) as store,
         httpx.AsyncClient(timeout=10.0) as control,
     ):
-        with tempfile.TemporaryDirectory(prefix="maildesk-outlook-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
             port = free_port()
-            push_url = f"http://127.0.0.1:{port}{OUTLOOK_PUSH_PATH}"
-            settings = outlook_settings(Path(tmp), store.url, sim.url, port)
-            probe = Probe(path=OUTLOOK_PUSH_PATH, key_of=_graph_message_id_of,
-                          classify=graph_request_kind)
+            settings = settings_for(Path(tmp), store.url, port)
             hooks = {"request": [probe.on_request], "response": [probe.on_response]}
             async with (
                 default_client(event_hooks=hooks) as http,
@@ -871,95 +908,56 @@ async def measure_outlook(kind: str, args: argparse.Namespace) -> dict[str, Any]
                 try:
                     await _until(lambda: _healthy(control, port, server), 10, "MailDesk",
                                  interval=0.02)
-                    account_id = await mailboxes.add_outlook(
-                        services, email=sim.email, refresh_token=sim.refresh_token)
-                    await _wait_synced(services, account_id)
-                    # Registration runs Graph's validation handshake against our webhook.
-                    await services.push.enable(account_id, ProviderKind.OUTLOOK, {})
-                    await _until(lambda: _idle(services, account_id), SETUP_TIMEOUT,
-                                 "the subscription's first sync", interval=0.01)
-                    watcher = asyncio.create_task(_watch_bus(services, account_id, probe))
-                    graph = services.connectors.graph(account_id)
-                    profiler = cProfile.Profile() if args.profile else None
-                    if profiler is not None:
-                        profiler.enable()
-                    try:
-                        samples = await measure_latency(
-                            services, functools.partial(send_graph_message, control, sim.url),
-                            graph.profile, account_id, probe, args.messages, args.warmup,
-                            args.gap)
-                    finally:
-                        if profiler is not None:
-                            profiler.disable()
-                            profiler.dump_stats(args.profile / f"outlook_latency_{kind}.pstats")
-                    watcher.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await watcher
-                    latency = latency_report(samples, probe, graph=True)
-                    latency.update(await _check_graph_deliveries(control, sim.url))
-                    requests = await graph_load_requests(control, sim.url)
-                    throughput = await measure_throughput(
-                        services, requests, push_url, sim.pid, probe, store, args, graph=True)
+                    yield Running(services, f"http://127.0.0.1:{port}{probe.path}", store,
+                                  control)
                 finally:
                     stop.set()
                     async with asyncio.timeout(30):
                         await server
+
+
+async def measure_outlook(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    probe = Probe(path=OUTLOOK_PUSH_PATH, key_of=_graph_message_id_of, classify=graph_request_kind)
+    async with (
+        graph_simulator(args.seed) as sim,
+        running_maildesk(kind, "maildesk_outlook_push_bench", probe,
+                         functools.partial(outlook_settings, sim_url=sim.url)) as md,
+    ):
+        services = md.services
+        account_id = await _set_up_outlook_push(services, sim)
+        samples = await measure_latency(
+            services, functools.partial(send_graph_message, md.control, sim.url),
+            services.connectors.graph(account_id).profile, account_id, probe, args,
+            f"outlook_latency_{kind}")
+        latency = latency_report(samples, probe, graph=True)
+        latency.update(await _check_graph_deliveries(md.control, sim.url))
+        requests = await graph_load_requests(md.control, sim.url)
+        throughput = await measure_throughput(
+            services, requests, md.push_url, sim.pid, probe, md.store, args, graph=True)
     return {"latency": latency, "webhook_throughput": throughput,
             "meets_target": _meets(latency, throughput)}
 
 
 async def measure_gmail(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     behind = max(1800.0, (args.messages + args.warmup) * SPACING_S + 600)
+    probe = Probe()
     async with (
         push_simulator(args.seed, behind) as sim,
-        bench_database(kind, "maildesk_push_bench") as store,
-        httpx.AsyncClient(timeout=10.0) as control,
+        running_maildesk(kind, "maildesk_push_bench", probe,
+                         functools.partial(bench_settings, sim_url=sim.url)) as md,
     ):
-        with tempfile.TemporaryDirectory(prefix="maildesk-push-bench-") as tmp:
-            port = free_port()
-            push_url = f"http://127.0.0.1:{port}{PUSH_PATH}"
-            settings = bench_settings(Path(tmp), store.url, sim.url, port)
-            probe = Probe()
-            hooks = {"request": [probe.on_request], "response": [probe.on_response]}
-            async with (
-                default_client(event_hooks=hooks) as http,
-                open_services(settings, http_client=http) as services,
-            ):
-                instrument(services, probe)
-                app = create_app(services)
-                app.add_middleware(AckProbe, probe=probe)
-                stop = asyncio.Event()
-                server = asyncio.create_task(serve_until(app, services, stop))
-                try:
-                    await _until(lambda: _healthy(control, port, server), 10, "MailDesk",
-                                 interval=0.02)
-                    account_id = await _set_up_push(services, sim, control, push_url)
-                    watcher = asyncio.create_task(_watch_bus(services, account_id, probe))
-                    profiler = cProfile.Profile() if args.profile else None
-                    if profiler is not None:
-                        profiler.enable()
-                    try:
-                        samples = await measure_latency(
-                            services, functools.partial(send_message, control, sim),
-                            services.connectors.gmail(account_id).profile, account_id, probe,
-                            args.messages, args.warmup, args.gap)
-                    finally:
-                        if profiler is not None:
-                            profiler.disable()
-                            profiler.dump_stats(args.profile / f"latency_{kind}.pstats")
-                    watcher.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await watcher
-                    latency = latency_report(samples, probe)
-                    latency.update(await _check_deliveries(control, sim))
-                    latency["token_sign_ms_in_simulator"] = sim.token_sign_ms
-                    requests = await gmail_load_requests(control, sim, push_url)
-                    throughput = await measure_throughput(
-                        services, requests, push_url, sim.pid, probe, store, args)
-                finally:
-                    stop.set()
-                    async with asyncio.timeout(30):
-                        await server
+        services = md.services
+        account_id = await _set_up_gmail_push(services, sim, md.control, md.push_url)
+        samples = await measure_latency(
+            services, functools.partial(send_message, md.control, sim),
+            services.connectors.gmail(account_id).profile, account_id, probe, args,
+            f"latency_{kind}")
+        latency = latency_report(samples, probe)
+        latency.update(await _check_deliveries(md.control, sim))
+        latency["token_sign_ms_in_simulator"] = sim.token_sign_ms
+        requests = await gmail_load_requests(md.control, sim, md.push_url)
+        throughput = await measure_throughput(
+            services, requests, md.push_url, sim.pid, probe, md.store, args)
     return {"latency": latency, "webhook_throughput": throughput,
             "meets_target": _meets(latency, throughput)}
 

@@ -63,6 +63,7 @@ from bench._common import CLIENT_ID, CLIENT_SECRET  # noqa: E402
 from bench._process import (  # noqa: E402
     BenchFailure,
     bench_database,
+    child_env,
     own_cpu_s,
     request_kind,
     run_per_database,
@@ -163,10 +164,8 @@ def simulator(messages: int, seed: int, profile: Path | None) -> Iterator[SimInf
                "--seed", str(seed)]
     if profile is not None:
         command += ["--profile", str(profile)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        command, cwd=ROOT, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None

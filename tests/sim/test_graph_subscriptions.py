@@ -181,6 +181,7 @@ async def test_changes_notify_with_client_state(world: MsWorld) -> None:
     user_id = world.state.mailbox(EMAIL).user_id
     first = items[0]
     assert first == {
+        "id": first["id"],
         "subscriptionId": sub["id"],
         "subscriptionExpirationDateTime": sub["expirationDateTime"],
         "changeType": "created",
@@ -196,6 +197,9 @@ async def test_changes_notify_with_client_state(world: MsWorld) -> None:
     }
     assert world.receiver.notifications()[0].headers["content-type"].startswith("application/json")
     assert all(d.outcome == "acked" for d in world.state.notifier.log)
+    # Every item carries its own notification id, as Graph's do.
+    assert all(isinstance(i["id"], str) and i["id"] for i in items)
+    assert len({i["id"] for i in items}) == len(items)
 
 
 async def test_items_queued_together_share_one_post(world: MsWorld) -> None:

@@ -9,6 +9,7 @@ token as the body. A failure refuses the subscription (``SubscriptionRefused``).
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import uuid
@@ -124,6 +125,7 @@ class Subscriptions:
         self.validation_timeout = 10.0
         self.by_id: dict[str, Subscription] = {}
         self.validations: list[Validation] = []
+        self._notification_ids = itertools.count(1)
 
     # -- lifetime rules --------------------------------------------------------------------
 
@@ -327,23 +329,31 @@ class Subscriptions:
             change = _change_for(subscription.folder_id, kind, message.folder_id, left)
             if change is None or change not in subscription.change_types:
                 continue
-            path = f"Users/{mailbox.user_id}/Messages/{message.id}"
-            item = {
-                "subscriptionId": subscription.id,
-                "subscriptionExpirationDateTime": subscription_time(subscription.expiration),
-                "changeType": change,
-                "resource": path,
-                "resourceData": {
-                    "@odata.type": "#Microsoft.Graph.Message",
-                    "@odata.id": path,
-                    "@odata.etag": message.etag,
-                    "id": message.id,
-                },
-                "clientState": subscription.client_state,
-                "tenantId": self.tenant_id,
-            }
+            item = self.change_item(subscription, change, message.id, message.etag)
             if self.notifier.enqueue(subscription.notification_url, "change", item):
                 subscription.notified += 1
+
+    def change_item(
+        self, subscription: Subscription, change: str, message_id: str, etag: str
+    ) -> dict[str, Any]:
+        """One change-notification item of ``subscription`` about a message, as Graph
+        writes it (``id``: the notification's own, distinct for every item)."""
+        path = f"Users/{subscription.user_id}/Messages/{message_id}"
+        return {
+            "id": f"simNotification{next(self._notification_ids):010d}",
+            "subscriptionId": subscription.id,
+            "subscriptionExpirationDateTime": subscription_time(subscription.expiration),
+            "changeType": change,
+            "resource": path,
+            "resourceData": {
+                "@odata.type": "#Microsoft.Graph.Message",
+                "@odata.id": path,
+                "@odata.etag": etag,
+                "id": message_id,
+            },
+            "clientState": subscription.client_state,
+            "tenantId": self.tenant_id,
+        }
 
 
 def _change_for(folder_id: str | None, kind: str, now_in: str, left: str | None) -> str | None:
