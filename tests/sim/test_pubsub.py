@@ -314,10 +314,14 @@ async def test_nack_is_redelivered_with_growing_backoff(world: World) -> None:
 async def test_every_ack_status_acks(world: World) -> None:
     world.watch()
     await world.settle()
-    for status in (102, 200, 201, 202):
+    for status in (102, 200, 201, 202, 204):
         world.receiver.answers = [status]
         world.add()
         assert [p.attempt for p in await world.settle()] == [1]
+    # Any other answer is a nack, a success status outside Pub/Sub's list too.
+    world.receiver.answers = [203]
+    world.add()
+    assert [p.attempt for p in await world.settle()] == [1, 2]
 
 
 async def test_gives_up_after_max_attempts(world: World) -> None:
