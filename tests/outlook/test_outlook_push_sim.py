@@ -127,7 +127,7 @@ async def test_subscription_removed_is_recreated_and_missed_resyncs(pushing: Har
 
 async def test_reauthorization_required_reauthorizes_and_renews(pushing: Harness) -> None:
     h = pushing
-    await _enable(h)
+    account_id = await _enable(h)
     (sub_id,) = list(h.microsoft.subscriptions.by_id)
     async with h.serving():
         h.microsoft.lifecycle(sub_id, "reauthorizationRequired")
@@ -135,6 +135,20 @@ async def test_reauthorization_required_reauthorizes_and_renews(pushing: Harness
             return h.microsoft.subscriptions.by_id[sub_id].reauthorized_at is not None
 
         await _until(reauthorized)
+
+        # ... and renewed: the owed action is cleared, the same subscription stays active.
+        async def settled() -> bool:
+            async with h.services.db.read() as conn:
+                row = await push_store.get(conn, account_id, ProviderKind.OUTLOOK)
+            return row is not None and "lifecycle" not in row.settings
+
+        await _until(settled)
+    async with h.services.db.read() as conn:
+        row = await push_store.get(conn, account_id, ProviderKind.OUTLOOK)
+    assert row is not None
+    assert row.sub.state is PushState.ACTIVE
+    assert row.sub.subscription_id == sub_id
+    assert row.sub.expiration == h.microsoft.subscriptions.by_id[sub_id].expiration
 
 
 async def test_renewal_on_a_virtual_clock_patches_before_expiry(
