@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,13 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.ports import free_port
+
 MAILDESK = str(Path(sys.executable).parent / "maildesk")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_demo_syncs_both_seeded_mailboxes_and_new_mail_arrives_by_push(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILDESK_")}
     demo = subprocess.Popen(

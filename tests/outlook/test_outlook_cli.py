@@ -5,7 +5,6 @@ loopback HTTP, with `maildesk serve` running so Graph's validation handshake rea
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,16 +15,11 @@ import pytest
 from maildesk.sim.microsoft import create_microsoft_app
 from maildesk.sim.microsoft_state import MicrosoftState
 from tests.support.harness import CLIENT_ID, CLIENT_SECRET
+from tests.support.ports import free_port
 from tests.support.sim_thread import ThreadedServer, serve_in_thread
 from tests.test_cli import Cli, assert_error, assert_ok, maildesk_script
 
 OLIVIA = "olivia@example.com"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -42,7 +36,7 @@ def outlook_env(
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
     _, server = microsoft
-    port = _free_port()
+    port = free_port()
     env = {
         **db_env,
         "MAILDESK_MICROSOFT_CLIENT_ID": CLIENT_ID,
