@@ -12,13 +12,13 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from maildesk import mailboxes
+from maildesk import cli_imap, cli_send, mailboxes
 from maildesk.api import tokens as api_tokens
+from maildesk.cli_support import Handler, Parser, print_table
 from maildesk.config import Settings
 from maildesk.domain.accounts import ProviderKind
 from maildesk.errors import InputError, MailDeskError
@@ -30,21 +30,11 @@ from maildesk.store import jobs as job_store
 from maildesk.store import users as user_store
 from maildesk.store.migrate import current_revision
 
-Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
-"""A command: its parsed arguments and the settings in, the exit status out."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, not a usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="maildesk", description="Self-hosted realtime mailbox sync server.")
+    p = Parser(prog="maildesk", description="Self-hosted realtime mailbox sync server.")
     p.add_argument("--config", type=Path, help="TOML settings file (MAILDESK_CONFIG_FILE)")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     serve = sub.add_parser("serve", help="run the web app and the sync workers")
     serve.add_argument("--host")
@@ -62,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="create or upgrade the database schema")
 
     user = sub.add_parser("user", help="manage users").add_subparsers(
-        dest="user_command", required=True, parser_class=_Parser)
+        dest="user_command", required=True, parser_class=Parser)
     create = user.add_parser("create", help="create a user")
     create.add_argument("--email", required=True)
     create.add_argument("--password", required=True)
@@ -72,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--email", required=True)
 
     account = sub.add_parser("account", help="manage mailboxes").add_subparsers(
-        dest="account_command", required=True, parser_class=_Parser)
+        dest="account_command", required=True, parser_class=Parser)
     add = account.add_parser("add-gmail", help="connect a Gmail mailbox from a refresh token")
     add.add_argument("--email", required=True)
     add.add_argument("--refresh-token", required=True)
@@ -95,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     push = sub.add_parser("push", help="realtime push subscriptions").add_subparsers(
-        dest="push_command", required=True, parser_class=_Parser)
+        dest="push_command", required=True, parser_class=Parser)
     status = push.add_parser("status", help="every push subscription and its health")
     status.add_argument("--json", action="store_true")
     push.add_parser("renew-due", help="renew subscriptions that are due now")
     gmail = push.add_parser("gmail", help="Gmail push (Pub/Sub)").add_subparsers(
-        dest="gmail_command", required=True, parser_class=_Parser)
+        dest="gmail_command", required=True, parser_class=Parser)
     enable = gmail.add_parser("enable", help="register a Gmail watch for a mailbox")
     enable.add_argument("account")
     enable.add_argument("--project", required=True, help="Google Cloud project id")
@@ -114,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     outlook_push = push.add_parser(
         "outlook", help="Outlook push (Graph change notifications)").add_subparsers(
-        dest="outlook_command", required=True, parser_class=_Parser)
+        dest="outlook_command", required=True, parser_class=Parser)
     o_enable = outlook_push.add_parser(
         "enable", help="register a Graph subscription for a mailbox (no inputs needed)")
     o_enable.add_argument("account")
@@ -127,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     settings = sub.add_parser("settings", help="show the effective settings (secrets masked)")
     settings.add_argument("--json", action="store_true")
     sub.add_parser("rotate-secrets", help="re-encrypt stored secrets with the newest key")
+    cli_imap.add_commands(sub, account)
+    cli_send.add_commands(sub, account)
     return p
 
 
@@ -162,25 +154,6 @@ def _command_key(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
-
-
 # ------------------------------------------------------------------------------ commands
 async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     async with open_services(settings) as s:  # migrates when behind
@@ -214,7 +187,7 @@ async def _push_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps([r.to_json() for r in rows], indent=2))
     else:
-        _print_table([{
+        print_table([{
             "account": r.account_id, "email": r.email, "provider": r.provider,
             "state": r.state, "expires": r.expiration, "last_notification": r.last_notification_at,
             "failures": r.failure_count, "last_error": r.last_error,
@@ -293,7 +266,7 @@ async def _account_list(args: argparse.Namespace, settings: Settings) -> int:
             **a.to_json(), "last_sync_at": a.last_sync_at,
             "backfill": "done" if a.backfill_done else f"{a.backfill_fetched} so far",
         } for a in summaries]
-        _print_table(rows, ["id", "provider", "email", "state", "messages", "folders",
+        print_table(rows, ["id", "provider", "email", "state", "messages", "folders",
                             "last_sync_at", "backfill", "last_error"])
     return 0
 
@@ -334,7 +307,7 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=lambda v: v.isoformat()))
     else:
-        _print_table(rows, ["job", "last_run", "duration_ms", "status", "detail", "error"])
+        print_table(rows, ["job", "last_run", "duration_ms", "status", "detail", "error"])
     return 0
 
 
@@ -396,6 +369,8 @@ _HANDLERS: dict[str, Handler] = {
     "jobs": _jobs,
     "settings": _settings,
     "rotate-secrets": _rotate_secrets,
+    **cli_imap.HANDLERS,
+    **cli_send.HANDLERS,
 }
 
 __all__ = ["build_parser", "main"]

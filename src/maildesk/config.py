@@ -90,6 +90,35 @@ class Settings:
     prefetch_bodies: int = _setting(
         50, "Bodies of newly arrived messages fetched into the cache after each sync run."
     )
+    imap_connect_timeout: float = _setting(
+        20.0, "Seconds to reach an IMAP or SMTP server and finish its TLS handshake."
+    )
+    imap_timeout: float = _setting(
+        60.0, "Longest wait, in seconds, for an IMAP or SMTP server's next answer during a command."
+    )
+    imap_max_connections: int = _setting(
+        3, "IMAP connections one mailbox may hold at once (IDLE watcher, sync, sending); extra "
+        "users wait for a free one."
+    )
+    imap_idle: bool = _setting(
+        True, "Hold an IMAP IDLE connection per IMAP mailbox so new mail arrives at once; off: "
+        "IMAP mailboxes are polled."
+    )
+    imap_idle_keepalive: float = _setting(
+        240.0, "Longest single IDLE, in seconds, before it is re-issued (and the connection "
+        "proven alive); must stay under RFC 2177's 29 minutes."
+    )
+    imap_reconnect_max: float = _setting(
+        300.0, "Cap, in seconds, of the jittered backoff between IDLE reconnect attempts."
+    )
+    tls_ca_file: str = _setting(
+        "", "PEM file of extra certificate authorities trusted for IMAP and SMTP TLS (servers "
+        "with a private CA). The system's trust store is always used too."
+    )
+    send_max_attempts: int = _setting(
+        6, "Attempts to send one message through transient failures (backoff between them) "
+        "before it is left in Drafts with its error."
+    )
     google_client_id: str = _setting("", "OAuth client id of the Google Cloud app.")
     google_client_secret: str = _setting("", "OAuth client secret of the Google app.", secret=True)
     google_authorize_url: str = _setting(
@@ -204,7 +233,8 @@ class Settings:
             raise ConfigError(env_name("base_url"), "must not end with a slash")
         for name in ("poll_interval", "safety_poll_interval", "lease_seconds", "worker_tick",
                      "http_timeout", "http_connect_timeout", "push_silence_threshold",
-                     "push_renewal_interval", "outlook_subscription_lifetime"):
+                     "push_renewal_interval", "outlook_subscription_lifetime",
+                     "imap_connect_timeout", "imap_timeout", "imap_reconnect_max"):
             value = getattr(self, name)
             # `not value > 0` also refuses NaN, which every comparison answers False to.
             if not math.isfinite(value) or not value > 0:
@@ -216,6 +246,13 @@ class Settings:
                               "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         if self.worker_concurrency < 1:
             raise ConfigError(env_name("worker_concurrency"), "must be at least 1")
+        if self.imap_max_connections < 1:
+            raise ConfigError(env_name("imap_max_connections"), "must be at least 1")
+        if not 0 < self.imap_idle_keepalive < 29 * 60:
+            raise ConfigError(env_name("imap_idle_keepalive"),
+                              "must be greater than 0 and under 1740 (29 minutes)")
+        if self.send_max_attempts < 1:
+            raise ConfigError(env_name("send_max_attempts"), "must be at least 1")
         if not 1 <= self.graph_delta_page_size <= 1000:
             raise ConfigError(env_name("graph_delta_page_size"), "must be between 1 and 1000")
 

@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from maildesk.domain.mail_servers import Security
 from maildesk.errors import CapabilityMissing, ProtocolViolation, ProviderUnavailable
 from maildesk.providers.imap_fetch import MailboxEvent, Vanished, mailbox_event
 from maildesk.providers.imap_wire import (
@@ -49,12 +50,6 @@ MAX_LINE = 8 * 1024 * 1024
 MAX_LITERAL = 64 * 1024 * 1024
 MAX_RESPONSE = 128 * 1024 * 1024
 IDLE_LIMIT = 29 * 60  # RFC 2177: servers may drop an IDLE after 30 minutes
-
-
-class Security(enum.StrEnum):
-    SSL = "ssl"  # implicit TLS (port 993)
-    STARTTLS = "starttls"  # plain connect, then STARTTLS before anything else (port 143)
-    NONE = "none"  # no TLS at all: tests and trusted local networks only
 
 
 class Stage(enum.StrEnum):

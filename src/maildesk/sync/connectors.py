@@ -16,6 +16,7 @@ import httpx
 from maildesk.clock import Clock
 from maildesk.config import Settings
 from maildesk.domain.accounts import ProviderKind, TokenKind
+from maildesk.domain.mail_servers import SignIn
 from maildesk.errors import InputError, OAuthInvalid, WrongTokenKind
 from maildesk.providers.gmail import GmailClient
 from maildesk.providers.graph import GraphClient
@@ -28,6 +29,7 @@ from maildesk.store.accounts import AccountRow
 from maildesk.store.database import Database
 from maildesk.sync.context import SyncContext
 from maildesk.sync.gmail import GmailSync
+from maildesk.sync.imap_sessions import ImapSessions
 from maildesk.sync.outlook import OutlookEngine
 from maildesk.sync.prefetch import prefetch_bodies
 
@@ -87,6 +89,8 @@ class Connectors:
         self._clock = clock
         # Microsoft grants are bound to a tenant: one OAuth client and token cache per tenant.
         self._microsoft: dict[tuple[str, TokenKind], tuple[MicrosoftOAuth, AccessTokenCache]] = {}
+        self.imap = ImapSessions(settings, decrypt=secrets.decrypt,
+                                 access_token=self._imap_access_token)
 
     def microsoft_oauth(
         self, tenant: str | None = None, kind: TokenKind = TokenKind.GRAPH
@@ -131,6 +135,17 @@ class Connectors:
                 )
 
         return load, save
+
+    async def _imap_access_token(self, sign_in: SignIn, account: AccountRow) -> str:
+        """An access token for XOAUTH2 sign-in to Gmail's or Microsoft 365's IMAP/SMTP."""
+        load, save = self._stored_token(account.id)
+        if sign_in is SignIn.GOOGLE:
+            cache = self.google_tokens
+        else:
+            cache = self._microsoft_for(account.tenant, TokenKind.IMAP)[1]
+        source = cache.token_source(f"account:{account.id}", load_refresh_token=load,
+                                    save_refresh_token=save)
+        return await source()
 
     def gmail(self, account_id: int) -> GmailClient:
         load, save = self._stored_token(account_id)
