@@ -301,7 +301,7 @@ async def run_fuzz(
 
     async def send(case: Case) -> httpx.Response:
         # Header values go out as raw bytes (UTF-8): senders are not bound to ASCII.
-        headers = {k: v.encode("utf-8", "replace") for k, v in case.headers.items()}
+        headers = {k.encode(): v.encode("utf-8", "replace") for k, v in case.headers.items()}
         return await client.request(case.method, case.path, params=case.params,
                                     headers=headers, content=case.body)
 
