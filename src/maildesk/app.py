@@ -1,4 +1,5 @@
-"""App assembly: the ASGI app and `maildesk serve` (web + workers in one process).
+"""App assembly: the ASGI app, `maildesk serve` (web + workers in one process) and
+`maildesk worker` (a worker process without the web server).
 
 Shutdown on SIGTERM/SIGINT is ours, not uvicorn's: the signal sets one stop event, the web
 server stops accepting and finishes in-flight requests, the worker hands back its leases, and
@@ -109,6 +110,17 @@ def stop_on_signals(stop: asyncio.Event) -> Generator[None, None, None]:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def run_worker(settings: Settings) -> None:
+    """`maildesk worker`: sync and scheduled jobs only, no web server. Several such processes
+    (and `maildesk serve`) can share one PostgreSQL database: claims are leases."""
+    async with open_services(settings) as services:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            log.info("MailDesk worker %s started", services.worker.owner)
+            await services.worker.serve(stop)
+        log.info("MailDesk worker %s stopped", services.worker.owner)
 
 
 async def run_server(settings: Settings) -> None:

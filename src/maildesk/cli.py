@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
 
+    sub.add_parser("worker", help="run a sync worker without the web server")
+
     demo = sub.add_parser("demo", help="run the embedded demo (SQLite + simulators)")
     demo.add_argument("--data-dir", type=Path, default=Path("maildesk-demo"))
     demo.add_argument("--port", type=int, default=8025)
@@ -330,6 +332,13 @@ async def _rotate_secrets(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from maildesk.app import run_worker
+
+    await run_worker(settings)
+    return 0
+
+
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from maildesk.app import run_server
 
@@ -351,6 +360,7 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 _HANDLERS: dict[str, Handler] = {
     "serve": _serve,
+    "worker": _worker,
     "demo": _demo,
     "migrate": _migrate,
     "user create": _user_create,
