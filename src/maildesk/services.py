@@ -28,11 +28,14 @@ from maildesk.push.outlook import OutlookPush
 from maildesk.push.outlook_webhook import OutlookWebhook
 from maildesk.push.recorder import NotificationRecorder
 from maildesk.secretbox import SecretBox
+from maildesk.send import outbox_job
+from maildesk.send.delivery import Delivery
 from maildesk.store import jobs
 from maildesk.store import push as push_store
 from maildesk.store.database import Database
 from maildesk.store.migrate import current_revision, head_revision, upgrade
 from maildesk.sync.connectors import Connectors
+from maildesk.sync.imap_idle import IdleSupervisor
 from maildesk.sync.runner import SyncRunner
 from maildesk.sync.worker import PeriodicJob, Worker, new_owner_id
 
@@ -55,6 +58,8 @@ class Services:
     push: PushManager
     gmail_webhook: GmailWebhook
     outlook_webhook: OutlookWebhook
+    # IMAP IDLE watchers; they run inside ``worker.serve`` (a worker companion).
+    idle: IdleSupervisor
 
 
 @contextlib.asynccontextmanager
@@ -99,6 +104,9 @@ async def open_services(
             return f"pruned {removed} job runs, {events} push events"
 
         worker = Worker(db=db, clock=clock, settings=settings, runner=runner)
+        idle = IdleSupervisor(db=db, clock=clock, settings=settings, sessions=connectors.imap,
+                              wake=worker.wake, owner=runner.owner, rng=rng)
+        worker.companions.append(idle.serve)
         certs = GoogleCerts(connectors.http, settings.google_certs_url, clock)
         recorder = NotificationRecorder(db, clock, worker.wake)
         gmail_webhook = GmailWebhook(db=db, clock=clock, keys=certs, recorder=recorder)
@@ -131,5 +139,10 @@ async def open_services(
             lifecycle_job,
             PeriodicJob("maintenance", 3600.0, maintenance),
         ]
+        # Sending: retries with backoff, attempts a crash interrupted, owed IMAP Sent copies.
+        delivery = Delivery(db=db, clock=clock, settings=settings, bus=bus,
+                            connectors=connectors, wake=worker.wake, rng=rng)
+        worker.periodic.append(
+            PeriodicJob("outbox", outbox_job.INTERVAL, lambda: outbox_job.run(delivery)))
         yield Services(settings, db, clock, bus, secrets, connectors, runner, worker, push,
-                       gmail_webhook, outlook_webhook)
+                       gmail_webhook, outlook_webhook, idle=idle)

@@ -177,6 +177,8 @@ class DovecotServer:
         self._as_root = os.geteuid() == 0
         self.cert_path = Path()
         self._uid, self._gid = -1, -1
+        # Maildir file names must be unique across deliver() calls within one second too.
+        self._delivered = itertools.count(1)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -295,7 +297,7 @@ class DovecotServer:
         count = 0
         suffix = ":2,S" if seen else ":2,"
         for count, raw in enumerate(messages, start=1):
-            name = f"{stamp}.M{count:08d}P{os.getpid()}.maildesk{suffix}"
+            name = f"{stamp}.M{next(self._delivered):08d}P{os.getpid()}.maildesk{suffix}"
             path = target / "cur" / name
             path.write_bytes(raw)
             mtime = (base + dt.timedelta(minutes=count)).timestamp()

@@ -123,9 +123,9 @@ async def test_every_state_changing_request_needs_the_session_csrf_token(
     async with h.services.db.read() as conn:
         folder_id = int(await conn.scalar(select(func.min(folders.c.id))) or 0)
     ids = {"account_id": account_id, "folder_id": folder_id, "user_id": admin_id,
-           "message_id": 1}
+           "message_id": 1, "outbox_id": 1}
     posts = [r for r in web_routes(site) if r.methods and "POST" in r.methods]
-    assert len(posts) == 16, [r.path for r in posts]
+    assert len(posts) == 23, [r.path for r in posts]
     async with site.client(ADMIN) as client, site.client(ADMIN) as other:
         foreign_token = session_of(other)["csrf"]
         for route in posts:
@@ -162,6 +162,9 @@ ADMIN_SURFACE = {
     ("GET", "/admin/users"), ("POST", "/admin/users"), ("GET", "/admin/users/{user_id:int}"),
     ("POST", "/admin/users/{user_id:int}/mailboxes"),
     ("POST", "/admin/users/{user_id:int}/password"), ("GET", "/admin/jobs"),
+    ("GET", "/admin/mailboxes/imap"), ("POST", "/admin/mailboxes/imap"),
+    ("POST", "/admin/mailboxes/imap/test"),
+    ("POST", "/mailboxes/{account_id:int}/account/password"),
     ("POST", "/mailboxes/{account_id:int}/account/folders/{folder_id:int}/selected"),
     ("POST", "/mailboxes/{account_id:int}/account/folders/{folder_id:int}/backfill"),
     ("POST", "/mailboxes/{account_id:int}/account/reconnect"), ("GET", "/oauth/callback"),

@@ -62,24 +62,37 @@ def _error_response(exc: Exception) -> JSONResponse:
 Handler = Callable[[Request, Services, UserRow, frozenset[int] | None], Awaitable[Any]]
 
 
-def _route(path: str, handler: Handler, methods: list[str], *, admin: bool = False) -> Route:
+async def authenticate(
+    request: Request, services: Services, *, admin: bool
+) -> tuple[UserRow, frozenset[int] | None]:
+    """The caller of an API request (bearer token) and the accounts it may see (None: all);
+    ``_Denied`` 401 without a known token, 403 when ``admin`` is required and it is not one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise _Denied(401, "an API token is required (Authorization: Bearer …)")
+    async with services.db.read() as conn:
+        user = await tokens.authenticate(conn, token.strip())
+        if user is None:
+            raise _Denied(401, "unknown API token")
+        visible = await user_store.visible_accounts(conn, user)
+    if admin and not user.is_admin:
+        raise _Denied(403, "administrators only")
+    return user, visible
+
+
+def _route(path: str, handler: Handler, methods: list[str], *, admin: bool = False,
+           status: int | None = None) -> Route:
+    """``status``: the success answer when not the default (201 for POST, else 200)."""
+
     async def endpoint(request: Request) -> Response:
         services: Services = request.app.state.services
         try:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                raise _Denied(401, "an API token is required (Authorization: Bearer …)")
-            async with services.db.read() as conn:
-                user = await tokens.authenticate(conn, token.strip())
-                if user is None:
-                    raise _Denied(401, "unknown API token")
-                visible = await user_store.visible_accounts(conn, user)
-            if admin and not user.is_admin:
-                raise _Denied(403, "administrators only")
+            user, visible = await authenticate(request, services, admin=admin)
             result = await handler(request, services, user, visible)
         except (_Denied, MailDeskError) as exc:
             return _error_response(exc)
-        return JSONResponse(result, status_code=201 if request.method == "POST" else 200)
+        return JSONResponse(result, status_code=status or (
+            201 if request.method == "POST" else 200))
 
     return Route(path, endpoint, methods=methods)
 
@@ -188,4 +201,20 @@ def api_routes() -> list[Route]:
         _route("/api/v1/accounts/{account_id}/push/outlook/client-state", outlook_client_state,
                ["GET"], admin=True),
         _route("/api/v1/push/renew-due", renew_due, ["POST"], admin=True),
+        *_send_routes(),
+        *_imap_routes(),
     ]
+
+
+def _imap_routes() -> list[Route]:
+    # Imported here: api/imap.py builds its routes with this module's helpers.
+    from maildesk.api.imap import imap_routes
+
+    return imap_routes()
+
+
+def _send_routes() -> list[Route]:
+    # Imported here: api/send.py builds its routes with this module's helpers.
+    from maildesk.api.send import send_routes
+
+    return send_routes()

@@ -106,8 +106,10 @@ class GmailApi(Protocol):
         """One page of changes after ``start_history_id``; CursorExpired when it is too old."""
         ...
 
-    async def send(self, raw_rfc5322: bytes) -> tuple[str, str]:
-        """Send a complete RFC 5322 message; returns (message id, thread id)."""
+    async def send(self, raw_rfc5322: bytes, thread_id: str | None = None) -> tuple[str, str]:
+        """Send a complete RFC 5322 message (Gmail takes the recipients, Bcc included, from its
+        headers and keeps the copy under SENT); ``thread_id`` files a reply in the original's
+        thread. Returns (message id, thread id)."""
         ...
 
     async def watch(
@@ -255,11 +257,14 @@ class GmailClient:
         )
         return parse_history_page(json_body(response))
 
-    async def send(self, raw_rfc5322: bytes) -> tuple[str, str]:
+    async def send(self, raw_rfc5322: bytes, thread_id: str | None = None) -> tuple[str, str]:
         raw = base64.urlsafe_b64encode(raw_rfc5322).decode("ascii")
+        body = {"raw": raw}
+        if thread_id:
+            body["threadId"] = thread_id
         # Not idempotent: a retried send after an unclear failure could deliver twice.
         response = await self._call(
-            "POST", "/messages/send", what="messages.send", json={"raw": raw}, idempotent=False
+            "POST", "/messages/send", what="messages.send", json=body, idempotent=False
         )
         return parse_sent(json_body(response))
 

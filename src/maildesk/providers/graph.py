@@ -12,6 +12,7 @@ link to another host would hand it over (``ProtocolViolation``).
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -26,6 +27,7 @@ from maildesk.errors import (
     MessageGone,
     ProtocolViolation,
     ProviderError,
+    ProviderRejected,
 )
 from maildesk.providers.graph_types import DeltaPage, GraphApi, GraphProfile, GraphSubscription
 from maildesk.providers.graph_wire import (
@@ -244,6 +246,25 @@ class GraphClient:
             "GET", url, what="messages.get", prefer=(HTML_BODIES,), gone=MessageGone
         )
         return parse_body(json_body(response))
+
+    async def send_mime(self, message: bytes) -> None:
+        # Not retried once it may have been processed: a second POST could send twice.
+        response = await self._http.request(
+            "POST",
+            self._url("/me/sendMail"),
+            content=base64.b64encode(message),
+            headers={"Content-Type": "text/plain"},
+            auth=self._token,
+            idempotent=False,
+            auth_failure=lambda answer: unauthorized_error(answer.content, what="sendMail"),
+        )
+        if not response.is_success:
+            retry_after = parse_retry_after(
+                response.headers.get("retry-after"), self._http.clock.now()
+            )
+            raise graph_error(response.status_code, response.content, what="sendMail",
+                              not_found=ProviderRejected, gone=ProviderRejected,
+                              retry_after=retry_after)
 
     # --- subscriptions --------------------------------------------------------------------------
 

@@ -71,6 +71,13 @@ class GraphApi(Protocol):
 
     async def get_body(self, remote_id: str) -> RemoteBody: ...
 
+    async def send_mime(self, message: bytes) -> None:
+        """``POST /me/sendMail`` in MIME form (``Content-Type: text/plain``, the RFC 5322
+        message base64-encoded): Graph sends it as is, recipients (Bcc included) from its
+        headers, and files the copy in Sent Items with *our* Message-ID as its
+        ``internetMessageId`` (the JSON form would assign a new one). 202 on success."""
+        ...
+
     async def create_subscription(
         self,
         *,

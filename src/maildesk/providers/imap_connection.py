@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import enum
 import itertools
-import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from maildesk.providers.imap_wire import (
     parse_response,
     render_command,
 )
+from maildesk.providers.resolve import resolve
 
 __all__ = [
     "CommandResult",
@@ -149,7 +149,8 @@ class ImapConnection:
 
         where = f"{server.host}:{server.port}"
         stage(Stage.DNS)
-        addresses = await _resolve(server, remaining())
+        addresses = [(str(sockaddr[0]), int(str(sockaddr[1])))
+                     for _family, sockaddr in await resolve(server.host, server.port, remaining())]
         stage(Stage.TCP)
         reader, writer = await _connect_tcp(server, addresses, remaining)
         conn = cls(reader, writer, server)
@@ -477,27 +478,6 @@ class ImapConnection:
 
 def _capabilities(values: Sequence[object]) -> frozenset[str]:
     return frozenset(str(v).upper() for v in values if isinstance(v, str | int))
-
-
-async def _resolve(server: ImapServer, limit: float) -> list[tuple[str, int]]:
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(limit):
-            infos = await loop.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ProviderUnavailable(
-            f"DNS: cannot resolve {server.host!r}: {exc.strerror or exc}"
-        ) from exc
-    except TimeoutError as exc:
-        raise ProviderUnavailable(f"DNS: resolving {server.host!r} timed out") from exc
-    addresses: list[tuple[str, int]] = []
-    for _family, _type, _proto, _name, sockaddr in infos:
-        address = (str(sockaddr[0]), int(sockaddr[1]))
-        if address not in addresses:
-            addresses.append(address)
-    if not addresses:
-        raise ProviderUnavailable(f"DNS: {server.host!r} has no address")
-    return addresses
 
 
 async def _connect_tcp(

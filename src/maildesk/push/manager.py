@@ -192,9 +192,12 @@ class PushManager:
             row = await push_store.get(conn, account_id, provider)
         if row is None or row.sub.state is PushState.STOPPED:
             raise InputError(f"account {account_id} has no active {provider} push")
+        # Outside the try: a provider without an adapter (IMAP IDLE rows) is refused without
+        # recording a failure on a row its own watcher keeps.
+        adapter = self._adapter(provider)
         try:
-            await self._adapter(provider).check_ready(account)
-            registration = await self._adapter(provider).renew(account, row)
+            await adapter.check_ready(account)
+            registration = await adapter.renew(account, row)
         except MailDeskError as exc:
             await self._failed(account_id, provider, exc)
             raise
@@ -272,7 +275,11 @@ class PushManager:
         threshold = timedelta(seconds=self.settings.push_silence_threshold)
         async with self.db.read() as conn:
             rows = await push_store.silence_candidates(conn, heard_before=now - threshold)
-        quiet = [r for r in rows if silent(r.sub, now, threshold)]
+        # Only subscriptions a provider delivers to can fall silent: an IMAP IDLE row (kept by
+        # sync/imap_idle.py) may legitimately hear nothing for days, and its liveness is proven
+        # by the IDLE keepalive instead.
+        quiet = [r for r in rows
+                 if r.sub.provider in self.adapters and silent(r.sub, now, threshold)]
         if quiet:
             async with self.db.transaction() as conn:
                 for row in quiet:

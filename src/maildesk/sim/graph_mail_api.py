@@ -8,7 +8,13 @@ the request's base URL.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import getaddresses
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -216,6 +222,8 @@ class MailApi:
         return self._ok(mailbox.get(message_id).to_json())
 
     def _send(self, request: SimRequest, mailbox: OutlookMailbox) -> SimResponse:
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() == "text/plain":
+            return self._send_mime(request, mailbox)
         body = _body(request)
         message = body.get("message")
         if not isinstance(message, dict):
@@ -233,6 +241,41 @@ class MailApi:
             html=text if kind == "html" else "",
             text="" if kind == "html" else text,
             save_to_sent=body.get("saveToSentItems", True) is not False,
+        )
+        return SimResponse(202, content=b"")
+
+    def _send_mime(self, request: SimRequest, mailbox: OutlookMailbox) -> SimResponse:
+        """The MIME form: the body is the base64 of an RFC 5322 message, sent as is. As at
+        Graph, the recipients (Bcc included) come from its headers and the Sent Items copy
+        keeps its Message-ID as ``internetMessageId``."""
+        try:
+            raw = base64.b64decode(request.body.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if not raw:
+            return self._error(400, "ErrorMimeContentInvalidBase64String",
+                               "Invalid base64 string for MIME content.")
+        parsed = BytesParser(policy=policy.default).parsebytes(raw)
+        assert isinstance(parsed, EmailMessage)
+
+        def pairs(*names: str) -> list[tuple[str, str]]:
+            values = [str(v) for n in names for v in parsed.get_all(n, [])]
+            return [(name or addr, addr) for name, addr in getaddresses(values) if addr]
+
+        if not pairs("To", "Cc", "Bcc"):
+            return self._error(400, "ErrorInvalidRecipients",
+                               "At least one recipient is not valid.")
+        part = parsed.get_body(("plain", "html"))
+        content = part.get_content() if isinstance(part, EmailMessage) else ""
+        html = part is not None and part.get_content_type() == "text/html"
+        self.state.send_mail(
+            mailbox.email,
+            subject=str(parsed.get("Subject", "")),
+            to=pairs("To"),
+            also=pairs("Cc", "Bcc"),
+            html=content if html else "",
+            text="" if html else content,
+            internet_message_id=str(parsed.get("Message-ID", "")).strip() or None,
         )
         return SimResponse(202, content=b"")
 

@@ -284,9 +284,12 @@ class MicrosoftState:
         html: str = "",
         text: str = "",
         save_to_sent: bool = True,
+        also: Iterable[tuple[str, str]] = (),
+        internet_message_id: str | None = None,
     ) -> None:
-        """``sendMail``: a copy in Sent Items, and one in the inbox of every recipient that is
-        a mailbox here."""
+        """``sendMail``: a copy in Sent Items, and one in the inbox of every recipient (``to``
+        and ``also``: Cc, Bcc) that is a mailbox here. ``internet_message_id`` is the MIME
+        form's own Message-ID (the JSON form lets Graph assign one)."""
         mailbox = self.mailbox(email)
         recipients = list(to)
         me = (mailbox.display_name, mailbox.email)
@@ -302,8 +305,13 @@ class MicrosoftState:
                 text=text,
                 received_at=now,
                 is_read=True,
+                internet_message_id=internet_message_id,
             )
-        for _, address in recipients:
+        delivered: set[str] = set()
+        for _, address in [*recipients, *also]:
+            if address.lower() in delivered:
+                continue
+            delivered.add(address.lower())
             target = self.mailboxes.get(address)
             if target is not None and target is not mailbox and "inbox" in target.well_known:
                 target.add(
@@ -314,7 +322,8 @@ class MicrosoftState:
                     html=html,
                     text=text,
                     received_at=now,
-                    internet_message_id=None if message is None else message.internet_message_id,
+                    internet_message_id=internet_message_id if message is None
+                    else message.internet_message_id,
                 )
 
     def expire_delta(

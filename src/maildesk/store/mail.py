@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from maildesk.domain.compose import is_local_folder, is_local_remote_id, local_remote_id
 from maildesk.domain.events import ChangeKind, MailEvent
 from maildesk.domain.mail import FolderRole, RemoteFolder, RemoteMessage
 from maildesk.store.tables import changes, folders, message_folders, messages
@@ -76,7 +77,11 @@ async def upsert_folders(
     conn: AsyncConnection, account_id: int, remote: Sequence[RemoteFolder]
 ) -> dict[str, int]:
     """Create new folders, rename/re-role changed ones. Folders the provider no longer has are
-    removed (their links go with them; the messages stay, they may sit elsewhere)."""
+    removed (their links go with them; the messages stay, they may sit elsewhere).
+
+    Stand-in folders of the local namespace (``local:folder:sent``: where a message sent before
+    the first folder listing shows) are no provider's: they stay until the provider lists a
+    folder of the same role, which then takes over their messages."""
     existing = {
         r.remote_id: r for r in await conn.execute(
             select(folders).where(folders.c.account_id == account_id)
@@ -95,11 +100,26 @@ async def upsert_folders(
             await conn.execute(update(folders).where(folders.c.id == row.id).values(
                 name=f.name, role=f.role.value, is_system=f.system,
             ))
-    gone = [r.id for rid, r in existing.items() if rid not in wanted]
+    gone = [r.id for rid, r in existing.items() if rid not in wanted and not is_local_folder(rid)]
     if gone:
         await conn.execute(delete(message_folders).where(message_folders.c.folder_id.in_(gone)))
         await conn.execute(delete(folders).where(folders.c.id.in_(gone)))
-    return await folder_map(conn, account_id)
+    fmap = await folder_map(conn, account_id)
+    roles = {f.role.value: fmap[f.remote_id] for f in reversed(remote) if f.role.value}
+    stand_ins = [(int(r.id), roles[r.role]) for rid, r in existing.items()
+                 if is_local_folder(rid) and rid not in wanted and r.role in roles]
+    for stand_in, target in stand_ins:
+        linked = set((await conn.execute(select(message_folders.c.message_id).where(
+            message_folders.c.folder_id == stand_in))).scalars())
+        there = set((await conn.execute(select(message_folders.c.message_id).where(
+            message_folders.c.folder_id == target,
+            message_folders.c.message_id.in_(linked)))).scalars()) if linked else set()
+        if linked - there:
+            await conn.execute(insert(message_folders), [
+                {"message_id": m, "folder_id": target} for m in sorted(linked - there)])
+        await conn.execute(delete(message_folders).where(message_folders.c.folder_id == stand_in))
+        await conn.execute(delete(folders).where(folders.c.id == stand_in))
+    return await folder_map(conn, account_id) if stand_ins else fmap
 
 
 async def _ensure_folders(
@@ -169,10 +189,17 @@ async def apply_messages(
     fmap: dict[str, int],
     now: datetime,
 ) -> list[MailEvent]:
-    """Make the store equal to the given provider state; return the real changes, logged."""
+    """Make the store equal to the given provider state; return the real changes, logged.
+
+    Local entries (``local:outbox:<id>``: the Sent or Draft entry of a message we send) are
+    no provider's to delete, so deletions of such ids are ignored (a full resync's "everything
+    not listed" includes them). A *new* provider message whose Message-ID equals a local
+    entry's is that message's provider copy: the local entry is deleted in the same
+    transaction, with its ``REMOVED`` event, so whichever engine syncs it exactly one copy is
+    left."""
     events: list[MailEvent] = []
     # The last word on a message within one batch wins; a deletion beats an upsert.
-    gone = set(deletions)
+    gone = {d for d in deletions if not is_local_remote_id(d)}
     latest = {m.remote_id: m for m in upserts if m.remote_id not in gone}
     await _ensure_folders(
         conn, account_id, fmap, {f for m in latest.values() for f in m.folder_ids}
@@ -181,9 +208,28 @@ async def apply_messages(
         events += await _upsert_chunk(conn, account_id, chunk, fmap, now)
     for chunk in _chunks(sorted(gone)):
         events += await _delete_chunk(conn, account_id, chunk)
+    arrived = {latest[e.remote_id].message_id_header[:998] for e in events
+               if e.kind is ChangeKind.ADDED and not is_local_remote_id(e.remote_id)}
+    arrived.discard("")
+    for chunk in _chunks(sorted(arrived)):
+        events += await _replace_local_entries(conn, account_id, chunk)
     if events:
         await _log(conn, events, now)
     return events
+
+
+async def _replace_local_entries(
+    conn: AsyncConnection, account_id: int, message_id_headers: Sequence[str]
+) -> list[MailEvent]:
+    """Delete the local entries carrying one of ``message_id_headers`` (their provider copies
+    just arrived). Walks ``ix_messages_account_msgid``."""
+    rows = await conn.execute(select(messages.c.remote_id).where(
+        messages.c.account_id == account_id,
+        messages.c.message_id_header.in_(message_id_headers),
+        messages.c.remote_id.like(local_remote_id(0)[:-1] + "%"),
+    ))
+    local = sorted(r for r in rows.scalars() if is_local_remote_id(r))
+    return await _delete_chunk(conn, account_id, local) if local else []
 
 
 async def _upsert_chunk(
@@ -367,6 +413,48 @@ async def delete_orphans(
         orphans = sorted(rows.scalars())
         if orphans:
             events += await _delete_chunk(conn, account_id, orphans)
+    if events:
+        await _log(conn, events, now)
+    return events
+
+
+async def update_flags(
+    conn: AsyncConnection,
+    account_id: int,
+    flags: dict[str, tuple[bool, bool]],
+    now: datetime,
+) -> list[MailEvent]:
+    """Set (unread, starred) of stored messages by remote id, as an IMAP flag change reports
+    them (no other metadata is known). Ids we do not store are ignored; only rows that differ
+    are written and logged (``UPDATED``, with the folders each message is in)."""
+    events: list[MailEvent] = []
+    for chunk in _chunks(sorted(flags)):
+        rows = (await conn.execute(
+            select(messages.c.id, messages.c.remote_id, messages.c.unread, messages.c.starred)
+            .where(messages.c.account_id == account_id, messages.c.remote_id.in_(chunk))
+        )).all()
+        changed = [r for r in rows if (bool(r.unread), bool(r.starred)) != flags[r.remote_id]]
+        if not changed:
+            continue
+        await conn.execute(
+            update(messages).where(messages.c.id == bindparam("b_id")).values(
+                unread=bindparam("b_unread"), starred=bindparam("b_starred"),
+                updated_at=bindparam("b_updated_at"),
+            ),
+            [{"b_id": int(r.id), "b_unread": flags[r.remote_id][0],
+              "b_starred": flags[r.remote_id][1], "b_updated_at": now} for r in changed],
+        )
+        ids = [int(r.id) for r in changed]
+        linked: dict[int, list[int]] = {i: [] for i in ids}
+        for link in await conn.execute(select(message_folders).where(
+            message_folders.c.message_id.in_(ids)
+        )):
+            linked[int(link.message_id)].append(int(link.folder_id))
+        events += [
+            MailEvent(account_id, ChangeKind.UPDATED, int(r.id), r.remote_id,
+                      tuple(sorted(linked[int(r.id)])))
+            for r in changed
+        ]
     if events:
         await _log(conn, events, now)
     return events

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -207,10 +208,16 @@ push_subscriptions = Table(
     Column("last_renewal_at", UTCDateTime, nullable=True),
     Column("client_state_enc", Text, nullable=True),
     Column("settings_json", Text, nullable=False, default="{}"),
+    # Set while a Graph lifecycle action waits in settings_json (store.push.upsert keeps it).
+    Column("lifecycle_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("account_id", "provider"),
+    # One index per scheduler selection, so a tick grows with the due rows only.
     Index("ix_push_subscriptions_expiration", "state", "expiration"),
+    Index("ix_push_subscriptions_silence", "state", "last_notification_at"),
+    Index("ix_push_subscriptions_renewed", "state", "last_renewal_at"),
+    Index("ix_push_subscriptions_lifecycle", "lifecycle_at"),
     Index("ix_push_subscriptions_subscription_id", "subscription_id"),
 )
 
@@ -255,4 +262,39 @@ job_runs = Table(
     Column("error", Text, nullable=True),
     Column("detail", Text, nullable=False, default=""),
     Index("ix_job_runs_job", "job", "id"),
+)
+
+# Messages being sent, sent and failed: the full RFC 5322 message (so "Try sending again" resends
+# the same Message-ID), its state and error, and the local Sent/Draft entry standing for it
+# until the provider's own copy replaces it. See send/ and docs/architecture.md "Sending".
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("account_id", BigId, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", BigId, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("mode", String(16), nullable=False, default="new"),
+    Column("source_message_id", BigInteger, nullable=True),
+    # Gmail threadId of a reply ("" otherwise).
+    Column("thread_id", String(512), nullable=False, default=""),
+    Column("message_id_header", String(998), nullable=False),
+    Column("subject", Text, nullable=False, default=""),
+    # {"to": [...], "cc": [...], "bcc": [...]}: the recipients as written (Bcc is in no header).
+    Column("recipients_json", Text, nullable=False, default="{}"),
+    Column("mime", LargeBinary, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=True),
+    Column("error_kind", String(32), nullable=True),
+    Column("error", Text, nullable=True),
+    # The copy we APPEND to the IMAP Sent folder is still owed (servers that keep none).
+    Column("copy_pending", Boolean, nullable=False, default=False),
+    Column("local_message_id", BigId, ForeignKey("messages.id", ondelete="SET NULL"),
+           nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Index("ix_outbox_account", "account_id", "id"),
+    Index("ix_outbox_due", "state", "next_attempt_at"),
+    Index("ix_outbox_local_message", "local_message_id"),
 )

@@ -29,6 +29,7 @@ from maildesk.store.accounts import AccountRow
 from maildesk.store.database import Database
 from maildesk.sync.context import SyncContext
 from maildesk.sync.gmail import GmailSync
+from maildesk.sync.imap import ImapEngine
 from maildesk.sync.imap_sessions import ImapSessions
 from maildesk.sync.outlook import OutlookEngine
 from maildesk.sync.prefetch import prefetch_bodies
@@ -43,6 +44,10 @@ class MailboxEngine(Protocol):
         """Warm the body cache for newly arrived messages."""
         ...
 
+    async def aclose(self) -> None:
+        """Release what the run held (an IMAP session); called once, always, after it."""
+        ...
+
 
 class _GmailEngine:
     def __init__(self, client: GmailClient, ctx: SyncContext, settings: Settings) -> None:
@@ -55,6 +60,9 @@ class _GmailEngine:
 
     async def prefetch(self, message_ids: Sequence[int], limit: int) -> int:
         return await prefetch_bodies(self._client.get_body, self._ctx, message_ids, limit=limit)
+
+    async def aclose(self) -> None:
+        pass
 
 
 class Connectors:
@@ -184,4 +192,6 @@ class Connectors:
                     "call Microsoft Graph: reconnect with the Microsoft Graph option")
             graph = self.graph(account.id, account.tenant)
             return OutlookEngine(graph, ctx, self.settings)
+        if account.provider is ProviderKind.IMAP:
+            return ImapEngine(self.imap, account, ctx, self.settings)
         raise InputError(f"{account.provider} mailboxes are not supported yet")

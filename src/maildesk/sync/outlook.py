@@ -434,6 +434,9 @@ class OutlookEngine:
     async def prefetch(self, message_ids: Sequence[int], limit: int) -> int:
         return await prefetch_bodies(self._api.get_body, self._ctx, message_ids, limit=limit)
 
+    async def aclose(self) -> None:
+        pass
+
 
 # ---------------------------------------------------------------------- cursor helpers
 def _position(stored: dict[tuple[str, str], str], scope: str) -> _Position:

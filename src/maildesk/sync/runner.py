@@ -97,8 +97,12 @@ class SyncRunner:
         values: dict[str, Any]
         try:
             engine = self.connectors.engine(account, ctx)
-            await engine.run()
-            await engine.prefetch(ctx.stats.new_message_ids, self.settings.prefetch_bodies)
+            try:
+                await engine.run()
+                await engine.prefetch(ctx.stats.new_message_ids, self.settings.prefetch_bodies)
+            finally:
+                # An IMAP engine holds a session (and a connection slot): always log it out.
+                await engine.aclose()
         except LeaseLost:
             log.warning("account %s: lease lost mid-sync; another worker continues", account.id)
             result = SyncResult(account.id, "lease_lost", LeaseLost.kind, None, ctx.stats.summary())

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from maildesk.clock import Clock
 from maildesk.config import Settings
@@ -37,6 +38,11 @@ class PeriodicJob:
     next_at: datetime | None = field(default=None)
 
 
+# A long-lived task that runs beside the claim loop for as long as ``serve`` does (the IMAP IDLE
+# supervisor): it is given the stop event and must return soon after it is set.
+Companion = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
 def new_owner_id() -> str:
     return f"worker-{secrets.token_hex(6)}"
 
@@ -50,6 +56,7 @@ class Worker:
         settings: Settings,
         runner: SyncRunner,
         periodic: list[PeriodicJob] | None = None,
+        companions: list[Companion] | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -57,6 +64,7 @@ class Worker:
         self.runner = runner
         self.owner = runner.owner
         self.periodic = periodic or []
+        self.companions = companions or []
         self._wake = asyncio.Event()
         self._running: dict[int, asyncio.Task[SyncResult]] = {}
 
@@ -94,7 +102,8 @@ class Worker:
             await run_job(self.db, self.clock, job.name, job.run)
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set: claim due mailboxes as slots free up, run periodic jobs.
+        """Run until ``stop`` is set: claim due mailboxes as slots free up, run periodic jobs
+        and the companions (which end by themselves once ``stop`` is set).
 
         Periodic jobs run beside the claim loop, never inside it: a slow job (a provider that
         takes its time to renew a subscription) must not hold up every mailbox's sync."""
@@ -102,6 +111,8 @@ class Worker:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._wake_on(stop))
+                for companion in self.companions:
+                    group.create_task(companion(stop))
                 while not stop.is_set():
                     # Cleared before looking, so a wake-up during the claim is not lost.
                     self._wake.clear()

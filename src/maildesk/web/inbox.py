@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from maildesk.domain.mail import FolderRole
+from maildesk.send import service as send_service
 from maildesk.services import Services
 from maildesk.store import bodies
 from maildesk.store import views as view_store
@@ -139,6 +140,8 @@ class InboxPages:
             "frame_doc": render.frame_document(body) if body else "",
             "remote_images": render.has_remote_images(body) if body else False,
             "change_id": change_id,
+            # A local Sent/Draft entry: its send state, error and "Try sending again".
+            "outbox": await send_service.for_message(self.services, message_id),
         })
 
 

@@ -22,6 +22,9 @@ from maildesk.web.access import SessionAccess
 from maildesk.web.account_page import AccountPages
 from maildesk.web.admin import AdminPages
 from maildesk.web.auth import Gate, Sessions, SignInLimiter, session_middleware
+from maildesk.web.compose import ComposePages
+from maildesk.web.imap_setup import FORM_PATH as IMAP_FORM
+from maildesk.web.imap_setup import ImapSetupPages
 from maildesk.web.inbox import InboxPages
 from maildesk.web.realtime import RealtimePages
 from maildesk.web.reconnect import CALLBACK_PATH, ReconnectPages
@@ -41,6 +44,8 @@ def web_routes(services: Services, sessions: Sessions, limiter: SignInLimiter
     signin = SignInPages(services, sessions, limiter)
     realtime = RealtimePages(services, access)
     reconnect = ReconnectPages(services)
+    compose = ComposePages(services, access)
+    imap = ImapSetupPages(services, access)
     socket = MailboxSocket(bus=services.bus, db=services.db,
                            visible_accounts=access.visible_accounts,
                            check_origin=sessions.same_origin)
@@ -56,8 +61,16 @@ def web_routes(services: Services, sessions: Sessions, limiter: SignInLimiter
         Route("/", page(inbox.index), name="mailboxes"),
         Route(mailbox, page(inbox.mailbox), name="mailbox"),
         Route(mailbox + "/messages/{message_id:int}", page(inbox.message), name="message"),
+        Route(mailbox + "/compose", page(compose.form), name="compose"),
+        Route(mailbox + "/compose", action(compose.submit), methods=_POST),
+        Route(mailbox + "/outbox/{outbox_id:int}/resend", action(compose.resend),
+              methods=_POST),
         Route(mailbox + "/account", page(accounts.page), name="account"),
         Route(mailbox + "/account/verify", action(accounts.verify), methods=_POST),
+        Route(mailbox + "/account/test/incoming", action(imap.test_incoming), methods=_POST),
+        Route(mailbox + "/account/test/outgoing", action(imap.test_outgoing), methods=_POST),
+        Route(mailbox + "/account/password", action(imap.set_password, admin=True),
+              methods=_POST),
         Route(mailbox + "/account/folders/{folder_id:int}/selected",
               action(accounts.folder_selected, admin=True), methods=_POST),
         Route(mailbox + "/account/folders/{folder_id:int}/backfill",
@@ -86,6 +99,9 @@ def web_routes(services: Services, sessions: Sessions, limiter: SignInLimiter
         Route("/admin/users/{user_id:int}/password", action(admin.reset_password, admin=True),
               methods=_POST),
         Route("/admin/jobs", page(admin.jobs, admin=True), name="admin_jobs"),
+        Route(IMAP_FORM, page(imap.form, admin=True), name="add_imap"),
+        Route(IMAP_FORM, action(imap.submit, admin=True), methods=_POST),
+        Route(IMAP_FORM + "/test", action(imap.test, admin=True), methods=_POST),
 
         WebSocketRoute("/ws" + mailbox, socket.handle, name="mailbox_socket"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
