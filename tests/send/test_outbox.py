@@ -1,7 +1,7 @@
 """The outbox's failure rules against the Google simulator's fault injection: transient
 failures retried with backoff by the ``outbox`` job, permanent ones and exhausted attempts
 left in Drafts with the error, "Try sending again", a crashed attempt, an attempt whose answer
-was lost, a local entry a sweep removed, and a send before the folders were listed."""
+was lost, a local entry removed behind its back, and a send before the folders were listed."""
 
 from __future__ import annotations
 
@@ -214,7 +214,7 @@ async def test_a_message_that_went_out_despite_an_error_is_not_sent_twice(
         assert _copies(h, outcome.message_id_header) == 1
 
 
-async def test_a_draft_a_provider_sweep_removed_is_put_back(
+async def test_a_draft_removed_behind_the_outboxs_back_is_put_back(
     db_url: str, clock: ManualClock, tmp_path: Path
 ) -> None:
     async with _opened(db_url, clock, tmp_path) as (h, account_id):
@@ -222,7 +222,7 @@ async def test_a_draft_a_provider_sweep_removed_is_put_back(
         outcome = await service.send(h.services, account_id=account_id, draft=DRAFT)
         assert outcome.local_message_id is not None
         [draft] = await with_header(h.services, account_id, outcome.message_id_header)
-        async with h.services.db.transaction() as conn:  # as an Outlook relisting sweep does
+        async with h.services.db.transaction() as conn:  # removed by something else
             [folder] = [f for f in await mail_store.list_folders(conn, account_id)
                         if f.role.value == "drafts"]
             await mail_store.unlink_messages(conn, account_id, folder.id, [draft.remote_id],

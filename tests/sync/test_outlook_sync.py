@@ -13,7 +13,9 @@ from sqlalchemy import func, select, update
 from maildesk.clock import ManualClock
 from maildesk.config import Settings
 from maildesk.domain.accounts import ProviderKind
+from maildesk.domain.compose import local_remote_id
 from maildesk.domain.events import ChangeKind, MailEvent
+from maildesk.domain.mail import RemoteMessage
 from maildesk.errors import ProviderRejected, ProviderUnavailable, RateLimited
 from maildesk.live.bus import LiveBus
 from maildesk.store import accounts as account_store
@@ -353,6 +355,25 @@ async def test_expired_token_mid_listing_relists_and_sweeps(
         assert (await rig.local_ids())[ids[-2]] == local[ids[-2]]
         assert await rig.cursor_rows(INBOX) == [DELTA]
         _assert_exactly_once(await rig.logged())
+
+
+async def test_a_relisted_folder_keeps_the_local_entry_of_a_message_being_sent(
+    db_url: str, clock: ManualClock
+) -> None:
+    graph = FakeGraph()
+    graph.seed(SENT, 5)
+    async with Rig.open(db_url, clock, graph, page_size=10) as rig:
+        await rig.run_until_idle()
+        entry = RemoteMessage(remote_id=local_remote_id(1), thread_id="", received_at=clock.now(),
+                              folder_ids=frozenset({SENT}), message_id_header="<ours@x.example>")
+        async with rig.db.transaction() as conn:
+            fmap = await mail_store.folder_map(conn, rig.account_id)
+            await mail_store.apply_messages(conn, rig.account_id, [entry], [], fmap, clock.now())
+        graph.expire(SENT)  # the relisting sweeps what it did not list out of the folder
+        await rig.run_until_idle()
+        state = await rig.state()
+        assert state.pop(local_remote_id(1)) == [SENT], "the entry stays in Sent"
+        assert state == graph.state()
 
 
 async def test_expired_token_after_completion_relists_to_the_same_state(

@@ -250,8 +250,10 @@ class Delivery:
         return counts
 
     async def restore(self, limit: int = 50) -> int:
-        """Unsent rows whose local entry is gone: if the provider has the message, it went out
-        (mark it sent); else put the entry back (a provider sweep removed it)."""
+        """Unsent rows whose local entry is gone: the provider's copy replaced it (the send
+        went out although its answer was lost: mark it sent), or something else removed it (put
+        it back: an unsent message must stay visible). Provider sweeps never touch local entries
+        (``store.mail._provider_rows``)."""
         restored = 0
         async with self.db.read() as conn:
             detached = await outbox_store.detached(conn, limit)

@@ -1,8 +1,9 @@
 """The periodic ``outbox`` job: what is due in the outbox, and housekeeping.
 
 Every run: due retries and attempts that crashed mid-send are sent, owed IMAP Sent copies are
-appended, local entries a provider sweep removed are put back (or, if the provider has the
-message after all, the row is marked sent), and sent rows whose local entry was replaced more
+appended, an unsent row whose local entry is gone is settled (the provider has the message
+after all: marked sent; else the entry is put back — provider sweeps themselves never touch
+local entries), and sent rows whose local entry was replaced more
 than a week ago are forgotten. The work per run is bounded and found through indexes, so its
 cost grows with what is due, not with the size of the outbox.
 """

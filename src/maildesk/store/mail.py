@@ -165,9 +165,18 @@ async def known_remote_ids(
     return found
 
 
+def _provider_rows() -> Any:
+    """Rows a provider knows: every message but our local Sent/Draft entries of messages being
+    sent. Provider sweeps ("what we hold minus what the provider listed") start from these, so
+    no engine's sweep can unlink or delete a local entry."""
+    return messages.c.remote_id.not_like(local_remote_id(0)[:-1] + "%")
+
+
 async def all_remote_ids(conn: AsyncConnection, account_id: int) -> set[str]:
+    """Remote ids of the account's provider messages (local entries excluded)."""
     rows = await conn.execute(
-        select(messages.c.remote_id).where(messages.c.account_id == account_id)
+        select(messages.c.remote_id).where(messages.c.account_id == account_id,
+                                           _provider_rows())
     )
     return set(rows.scalars())
 
@@ -344,11 +353,12 @@ async def _log(conn: AsyncConnection, events: list[MailEvent], now: datetime) ->
 # functions let an engine unlink without deleting (the message keeps its local id and cached
 # body) and delete only what is left in no folder once it knows the move cannot still arrive.
 async def folder_remote_ids(conn: AsyncConnection, folder_id: int) -> set[str]:
-    """Remote ids of the messages linked to one folder (walks ``ix_message_folders_folder``)."""
+    """Remote ids of the provider messages linked to one folder (walks
+    ``ix_message_folders_folder``; local entries excluded, see ``_provider_rows``)."""
     rows = await conn.execute(
         select(messages.c.remote_id)
         .select_from(message_folders.join(messages, messages.c.id == message_folders.c.message_id))
-        .where(message_folders.c.folder_id == folder_id)
+        .where(message_folders.c.folder_id == folder_id, _provider_rows())
     )
     return set(rows.scalars())
 

@@ -157,7 +157,7 @@ class FolderSync:
         recent.append(now)
         async with self.ctx.write() as conn:
             held = await mail_store.folder_remote_ids(conn, f.row.id)
-            # Only the folder's IMAP rows (a local Sent entry of a message being sent is not).
+            # The old epoch's rows (``folder_remote_ids`` holds provider rows only).
             stale = sorted(rid for rid in held
                            if _epoch(rid) not in (None, selected.uidvalidity))
             events = await mail_store.apply_messages(conn, aid, [], stale, self.fmap, now)
