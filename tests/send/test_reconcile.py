@@ -15,6 +15,7 @@ from maildesk.domain.compose import local_folder_id, local_remote_id
 from maildesk.domain.events import ChangeKind
 from maildesk.domain.mail import FolderRole, RemoteFolder, RemoteMessage
 from maildesk.store import accounts as account_store
+from maildesk.store import idle_watches
 from maildesk.store import mail as mail_store
 from maildesk.store.database import Database
 from maildesk.store.tables import changes, folders, message_folders, messages
@@ -122,3 +123,22 @@ async def test_stand_in_folders_stay_until_the_providers_folder_takes_their_mess
         fmap = await mail_store.upsert_folders(conn, account_id, [INBOX, SENT])
     assert set(fmap) == {"INBOX", "SENT"}
     assert await _rows(db, account_id) == {local_remote_id(1): ["SENT"]}
+
+
+async def test_local_entries_are_not_provider_messages_of_their_folder(db: Database) -> None:
+    """Sweeps (``folder_remote_ids``, ``all_remote_ids``) and the IDLE watcher's message count
+    see provider messages only: a local entry in Sent is not news from the server."""
+    account_id = await _account(db)
+    async with db.transaction() as conn:
+        fmap = await mail_store.upsert_folders(conn, account_id, [INBOX, SENT])
+        await mail_store.apply_messages(conn, account_id, [
+            _message(local_remote_id(1), "<ours@example.com>"),
+            _message("p1", "<theirs@example.com>"),
+        ], [], fmap, NOW)
+        await mail_store.record_folder_backfill(conn, fmap["SENT"], 1, done=True)
+    async with db.read() as conn:
+        assert await mail_store.folder_remote_ids(conn, fmap["SENT"]) == {"p1"}
+        assert await mail_store.all_remote_ids(conn, account_id) == {"p1"}
+        snapshot = await idle_watches.synced_snapshot(conn, account_id, "SENT")
+    assert snapshot is not None
+    assert snapshot.exists == 1

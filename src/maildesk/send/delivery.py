@@ -253,7 +253,7 @@ class Delivery:
         """Unsent rows whose local entry is gone: the provider's copy replaced it (the send
         went out although its answer was lost: mark it sent), or something else removed it (put
         it back: an unsent message must stay visible). Provider sweeps never touch local entries
-        (``store.mail._provider_rows``)."""
+        (``store.mail.provider_messages``)."""
         restored = 0
         async with self.db.read() as conn:
             detached = await outbox_store.detached(conn, limit)

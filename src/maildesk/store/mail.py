@@ -165,7 +165,7 @@ async def known_remote_ids(
     return found
 
 
-def _provider_rows() -> Any:
+def provider_messages() -> Any:
     """Rows a provider knows: every message but our local Sent/Draft entries of messages being
     sent. Provider sweeps ("what we hold minus what the provider listed") start from these, so
     no engine's sweep can unlink or delete a local entry."""
@@ -176,7 +176,7 @@ async def all_remote_ids(conn: AsyncConnection, account_id: int) -> set[str]:
     """Remote ids of the account's provider messages (local entries excluded)."""
     rows = await conn.execute(
         select(messages.c.remote_id).where(messages.c.account_id == account_id,
-                                           _provider_rows())
+                                           provider_messages())
     )
     return set(rows.scalars())
 
@@ -354,11 +354,11 @@ async def _log(conn: AsyncConnection, events: list[MailEvent], now: datetime) ->
 # body) and delete only what is left in no folder once it knows the move cannot still arrive.
 async def folder_remote_ids(conn: AsyncConnection, folder_id: int) -> set[str]:
     """Remote ids of the provider messages linked to one folder (walks
-    ``ix_message_folders_folder``; local entries excluded, see ``_provider_rows``)."""
+    ``ix_message_folders_folder``; local entries excluded, see ``provider_messages``)."""
     rows = await conn.execute(
         select(messages.c.remote_id)
         .select_from(message_folders.join(messages, messages.c.id == message_folders.c.message_id))
-        .where(message_folders.c.folder_id == folder_id, _provider_rows())
+        .where(message_folders.c.folder_id == folder_id, provider_messages())
     )
     return set(rows.scalars())
 

@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection
 
 from maildesk.clock import Clock
 from maildesk.config import Settings
@@ -64,9 +63,9 @@ from maildesk.errors import (
 from maildesk.providers.imap import ImapClient
 from maildesk.providers.imap_fetch import MailboxEvent
 from maildesk.store import accounts as account_store
+from maildesk.store import idle_watches
 from maildesk.store.accounts import AccountRow
 from maildesk.store.database import Database
-from maildesk.store.tables import accounts, folders, message_folders, push_subscriptions
 from maildesk.sync.imap_sessions import ImapSessions
 
 __all__ = ["IdleSupervisor", "WatchStats"]
@@ -81,8 +80,6 @@ RECONNECT_BASE = 1.0
 
 AfterSelect = Callable[[int, str], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
-_IMAP = ProviderKind.IMAP.value
-_subs = push_subscriptions
 
 
 @dataclass(slots=True)
@@ -226,10 +223,7 @@ class IdleSupervisor:
         async with self.db.read() as conn:
             rows = [a for a in await account_store.list_all(conn)
                     if a.provider is ProviderKind.IMAP]
-            holders = {int(r.account_id): (r.subscription_id, r.expiration)
-                       for r in await conn.execute(select(
-                           _subs.c.account_id, _subs.c.subscription_id, _subs.c.expiration,
-                       ).where(_subs.c.provider == _IMAP))}
+            holders = await idle_watches.holders(conn)
         now = self.clock.now()
         present = {a.id for a in rows}
         for account_id, running in list(self._watches.items()):
@@ -288,36 +282,20 @@ class IdleSupervisor:
         await asyncio.wait({running.task})
         if stopped:
             now = self.clock.now()
-            await self.db.run_write(lambda conn: _set_rows(
-                conn, [account_id], self.owner, now, self.settings.poll_interval,
+            await self.db.run_write(lambda conn: idle_watches.set_rows_blocking(
+                conn, [account_id], owner=self.owner, now=now,
+                poll_interval=self.settings.poll_interval,
                 state=PushState.STOPPED.value, subscription_id=None, expiration=None))
 
     # -- rows --------------------------------------------------------------------------------------
 
     async def _claim(self, account: AccountRow, plan: IdlePlan) -> bool:
         now = self.clock.now()
+        owner = self.owner
 
         def claim(conn: Connection) -> bool:
-            values: dict[str, Any] = {
-                "subscription_id": self.owner, "expiration": now + HOLD, "last_renewal_at": now,
-                "state": PushState.PENDING.value, "resource": ", ".join(plan.idle),
-                "settings_json": json.dumps({"idle": list(plan.idle),
-                                             "polled": list(plan.polled)}, sort_keys=True),
-                "updated_at": now,
-            }
-            free = or_(_subs.c.subscription_id.is_(None), _subs.c.subscription_id == self.owner,
-                       _subs.c.expiration.is_(None), _subs.c.expiration < now)
-            taken = conn.execute(update(_subs).where(
-                _subs.c.account_id == account.id, _subs.c.provider == _IMAP, free,
-            ).values(**values).returning(_subs.c.id)).first()
-            if taken is not None:
-                return True
-            if conn.execute(select(_subs.c.id).where(
-                    _subs.c.account_id == account.id, _subs.c.provider == _IMAP)).first():
-                return False  # another worker holds this mailbox's watch
-            conn.execute(insert(_subs).values(account_id=account.id, provider=_IMAP,
-                                              created_at=now, failure_count=0, **values))
-            return True
+            return idle_watches.claim_blocking(conn, account.id, plan, owner=owner, now=now,
+                                               hold=HOLD)
 
         try:
             claimed = await self.db.run_write(claim)
@@ -331,11 +309,10 @@ class IdleSupervisor:
         """Renew the rows this worker holds; a watch whose row another worker took is ended."""
         now = self.clock.now()
 
+        owner = self.owner
+
         def beat(conn: Connection) -> set[int]:
-            rows = conn.execute(update(_subs).where(
-                _subs.c.provider == _IMAP, _subs.c.subscription_id == self.owner,
-            ).values(expiration=now + HOLD, last_renewal_at=now).returning(_subs.c.account_id))
-            return {int(a) for a in rows.scalars()}
+            return idle_watches.renew_blocking(conn, owner=owner, now=now, hold=HOLD)
 
         if not self._watches and not self._parked:
             return
@@ -351,15 +328,10 @@ class IdleSupervisor:
             return
         now = self.clock.now()
 
+        owner, poll = self.owner, self.settings.poll_interval
+
         def release(conn: Connection) -> None:
-            ids = [int(a) for a in conn.execute(select(_subs.c.account_id).where(
-                _subs.c.provider == _IMAP, _subs.c.subscription_id == self.owner)).scalars()]
-            _set_rows(conn, ids, self.owner, now, self.settings.poll_interval,
-                      subscription_id=None, expiration=None)
-            conn.execute(update(_subs).where(
-                _subs.c.account_id.in_(ids), _subs.c.provider == _IMAP,
-                _subs.c.state == PushState.ACTIVE.value,
-            ).values(state=PushState.PENDING.value))
+            idle_watches.release_blocking(conn, owner=owner, now=now, poll_interval=poll)
 
         await self.db.run_write(release)
 
@@ -372,16 +344,11 @@ class IdleSupervisor:
         their mailboxes are polled at the normal interval."""
         now = self.clock.now()
 
+        owner, poll = self.owner, self.settings.poll_interval
+
         def stop(conn: Connection) -> None:
-            free = or_(_subs.c.subscription_id.is_(None), _subs.c.subscription_id == self.owner,
-                       _subs.c.expiration.is_(None), _subs.c.expiration < now)
-            pick = select(_subs.c.account_id).where(
-                _subs.c.provider == _IMAP, _subs.c.state != PushState.STOPPED.value, free)
-            if account_ids is not None:
-                pick = pick.where(_subs.c.account_id.in_(account_ids))
-            ids = [int(a) for a in conn.execute(pick).scalars()]
-            _set_rows(conn, ids, None, now, self.settings.poll_interval,
-                      state=PushState.STOPPED.value, subscription_id=None, expiration=None)
+            idle_watches.stop_free_blocking(conn, account_ids, owner=owner, now=now,
+                                            poll_interval=poll)
 
         await self.db.run_write(stop)
 
@@ -511,18 +478,7 @@ class _AccountWatch:
         the top of the window it holds. The message count is comparable with EXISTS only once
         the window reaches down to UID 1 (backfill done); before that it is left unknown."""
         async with self._sup.db.read() as conn:
-            row = (await conn.execute(select(
-                folders.c.id, folders.c.uidvalidity, folders.c.uidnext, folders.c.highestmodseq,
-                folders.c.backfill_done,
-            ).where(folders.c.account_id == self.account.id,
-                    folders.c.remote_id == folder))).first()
-            if row is None:
-                return None
-            count = None
-            if row.backfill_done:
-                count = int(await conn.scalar(select(func.count()).select_from(
-                    message_folders).where(message_folders.c.folder_id == row.id)) or 0)
-        return FolderSnapshot(row.uidvalidity, row.uidnext, count, row.highestmodseq)
+            return await idle_watches.synced_snapshot(conn, self.account.id, folder)
 
     # -- sync requests -----------------------------------------------------------------------------
 
@@ -544,13 +500,8 @@ class _AccountWatch:
         account_id, owner = self.account.id, self._sup.owner
 
         def request(conn: Connection) -> list[int]:
-            unleased = account_store.request_syncs_blocking(
-                conn, [account_id], reason=SYNC_REASON, now=now)
-            conn.execute(update(_subs).where(
-                _subs.c.account_id == account_id, _subs.c.provider == _IMAP,
-                _subs.c.subscription_id == owner,
-            ).values(last_notification_at=now))
-            return unleased
+            return idle_watches.request_sync_blocking(conn, account_id, reason=SYNC_REASON,
+                                                      owner=owner, now=now)
 
         unleased = await self._sup.db.run_write(request)
         self.stats.requests += 1
@@ -572,12 +523,12 @@ class _AccountWatch:
             elif health.state is PushState.ERROR:
                 values.update(last_error_kind=health.error_kind, last_error=health.error)
             if failed:
-                values["failure_count"] = _subs.c.failure_count + 1
+                values["failure_count"] = idle_watches.failure_counted()
             settings, owner = self._sup.settings, self._sup.owner
             # An IDLE that is not running must not leave the mailbox on the safety sweep.
             poll = settings.poll_interval if health.state is not PushState.ACTIVE else None
-            await self._sup.db.run_write(lambda conn: _set_rows(
-                conn, [self.account.id], owner, now, poll, **values))
+            await self._sup.db.run_write(lambda conn: idle_watches.set_rows_blocking(
+                conn, [self.account.id], owner=owner, now=now, poll_interval=poll, **values))
             self._written = health
 
     async def _park(self, error: MailDeskError) -> None:
@@ -607,20 +558,3 @@ async def _guarded(what: str, work: Awaitable[None]) -> None:
         await work
     except Exception:
         log.exception("%s failed", what)
-
-
-def _set_rows(conn: Connection, account_ids: Sequence[int], owner: str | None, now: datetime,
-              poll_interval: float | None, **values: Any) -> None:
-    """Update the ``imap`` rows of ``account_ids`` (only those ``owner`` holds, unless None);
-    with ``poll_interval``, bring their mailboxes' next poll to within that interval."""
-    if not account_ids:
-        return
-    where = [_subs.c.account_id.in_(list(account_ids)), _subs.c.provider == _IMAP]
-    if owner is not None:
-        where.append(_subs.c.subscription_id == owner)
-    conn.execute(update(_subs).where(*where).values(updated_at=now, **values))
-    if poll_interval is not None:
-        soon = now + timedelta(seconds=poll_interval)
-        conn.execute(update(accounts).where(
-            accounts.c.id.in_(list(account_ids)), accounts.c.next_poll_at > soon,
-        ).values(next_poll_at=soon))
