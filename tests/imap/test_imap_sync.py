@@ -124,7 +124,7 @@ async def test_initial_sync_is_newest_first_then_backfills_in_pages(
 
         async with h.services.db.read() as conn:
             account = await account_store.get(conn, aid)
-            folders = {f.remote_id: f for f in await imap_state.imap_folders(conn, aid)}
+            folders = {f.remote_id: f for f in await mail_store.list_folders(conn, aid)}
         assert account.backfill_done
         assert account.backfill_fetched == TOTAL
         for name in ("INBOX", "Archive", "Sent"):
@@ -222,7 +222,7 @@ async def test_trigger_backfill_fetches_every_uid_of_the_folder_we_do_not_hold(
         assert rec.fetch_sizes == [("Archive", ARCHIVE_SIZE - PAGE_SIZE)]
         assert ctx.more_work  # the inbox's backfill is still owed
         async with h.services.db.read() as conn:
-            row = next(f for f in await imap_state.imap_folders(conn, aid) if f.id == archive)
+            row = next(f for f in await mail_store.list_folders(conn, aid) if f.id == archive)
             deep = await cursors.get(conn, aid, imap_state.DEEP, scope="Archive")
         assert (row.backfill_requested, row.backfill_done) == (False, True)
         assert row.backfill_fetched == ARCHIVE_SIZE - PAGE_SIZE
@@ -233,7 +233,7 @@ async def test_trigger_backfill_fetches_every_uid_of_the_folder_we_do_not_hold(
         # Messages missing inside the window (lost locally) are found again, and only they.
         await run_sync(h, aid)
         async with h.services.db.read() as conn:
-            validity = next(f.uidvalidity for f in await imap_state.imap_folders(conn, aid)
+            validity = next(f.uidvalidity for f in await mail_store.list_folders(conn, aid)
                             if f.remote_id == "INBOX")
         lost = [f"INBOX:{validity}:{uid}" for uid in big.uids["INBOX"][100:1300:200]]
         async with h.services.db.transaction() as conn:
@@ -244,7 +244,7 @@ async def test_trigger_backfill_fetches_every_uid_of_the_folder_we_do_not_hold(
         assert sorted(uid for _, uid in rec.fetched) == big.uids["INBOX"][100:1300:200]
         assert await store_state(h.services, aid) == server_state(big.dovecot, big.user)
         async with h.services.db.read() as conn:
-            row = next(f for f in await imap_state.imap_folders(conn, aid) if f.id == inbox)
+            row = next(f for f in await mail_store.list_folders(conn, aid) if f.id == inbox)
         assert (row.backfill_requested, row.backfill_done, row.backfill_fetched) == (
             False, True, len(lost))
 
@@ -271,7 +271,7 @@ async def test_trigger_backfill_resumes_where_it_stopped(
         state = await store_state(h.services, aid)
         assert folder_uids(state, "INBOX") == big.uids["INBOX"]
         async with h.services.db.read() as conn:
-            row = next(f for f in await imap_state.imap_folders(conn, aid) if f.id == inbox)
+            row = next(f for f in await mail_store.list_folders(conn, aid) if f.id == inbox)
         assert not row.backfill_requested
         assert row.backfill_done
 
@@ -332,6 +332,6 @@ async def test_the_runner_syncs_an_imap_mailbox_end_to_end(
         assert (result.status, result.summary) == ("ok", "added=1 updated=0 removed=0")
         assert await store_state(h.services, aid) == server_state(dovecot, user)
         async with h.services.db.read() as conn:
-            inbox = next(f for f in await imap_state.imap_folders(conn, aid)
+            inbox = next(f for f in await mail_store.list_folders(conn, aid)
                          if f.remote_id == "INBOX")
         assert inbox.uidnext == server_status(dovecot, user, "INBOX")["UIDNEXT"]

@@ -15,6 +15,7 @@ from maildesk.clock import ManualClock
 from maildesk.domain.events import ChangeKind, MailEvent
 from maildesk.errors import CursorExpired
 from maildesk.store import cursors, imap_state
+from maildesk.store import mail as mail_store
 from maildesk.store.tables import changes, folders
 from maildesk.sync.imap_folder import EPOCH_LIMIT, EPOCH_PERIOD
 from tests.support.dovecot import DovecotServer, MailboxAdmin, make_message
@@ -122,7 +123,7 @@ async def test_a_changed_uidvalidity_refetches_the_folder_without_duplicates(
         assert not old & set(after)
         assert ctx.stats.summary() == "added=12 updated=0 removed=20"
         async with h.services.db.read() as conn:
-            row = next(f for f in await imap_state.imap_folders(conn, aid)
+            row = next(f for f in await mail_store.list_folders(conn, aid)
                        if f.remote_id == "Archive")
         new_validity = {int(rid.split(":")[1]) for rid, (f, _, _) in after.items()
                         if f == "Archive"}
@@ -187,7 +188,7 @@ async def test_folders_created_and_deleted_on_the_server(
         assert ctx.stats.added == 3
         assert await store_state(h.services, aid) == server_state(dovecot, user)
         async with h.services.db.read() as conn:
-            row = next(f for f in await imap_state.imap_folders(conn, aid)
+            row = next(f for f in await mail_store.list_folders(conn, aid)
                        if f.remote_id == "Projects/2024")
             assert await cursors.get(conn, aid, imap_state.LOW, scope="Projects/2024") == "1"
         assert row.selected

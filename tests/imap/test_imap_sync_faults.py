@@ -273,5 +273,5 @@ async def test_a_local_stand_in_folder_is_never_selected(harness: Harness) -> No
     assert state[local_remote_id(1)][0] == "Sent"
     assert folders_of(state) == {"INBOX": 2, "Sent": 2}
     async with h.services.db.read() as conn:
-        names = {f.remote_id for f in await imap_state.imap_folders(conn, aid)}
+        names = {f.remote_id for f in await mail_store.list_folders(conn, aid)}
     assert names == {"INBOX", "Sent"}

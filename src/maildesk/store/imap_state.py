@@ -26,7 +26,6 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from maildesk.domain.mail import FolderRole
 from maildesk.store import cursors
 from maildesk.store.tables import folders, message_folders, messages
 
@@ -37,24 +36,6 @@ ERROR = "imap_error"
 FOLDER_CURSORS = frozenset({LOW, DEEP, EPOCHS, ERROR})
 
 _CHUNK = 500
-
-
-@dataclass(frozen=True, slots=True)
-class ImapFolder:
-    """A folder row with the IMAP sync columns."""
-
-    id: int
-    remote_id: str
-    name: str
-    role: FolderRole
-    is_system: bool
-    selected: bool
-    backfill_requested: bool
-    backfill_done: bool
-    backfill_fetched: int
-    uidvalidity: int | None
-    uidnext: int | None
-    highestmodseq: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,21 +54,6 @@ class FolderError:
     def from_json(cls, raw: str) -> FolderError:
         data: dict[str, Any] = json.loads(raw)
         return cls(str(data["kind"]), str(data["message"]), datetime.fromisoformat(data["at"]))
-
-
-async def imap_folders(conn: AsyncConnection, account_id: int) -> list[ImapFolder]:
-    rows = await conn.execute(
-        select(folders).where(folders.c.account_id == account_id).order_by(folders.c.id)
-    )
-    return [
-        ImapFolder(
-            id=int(r.id), remote_id=r.remote_id, name=r.name, role=FolderRole(r.role),
-            is_system=r.is_system, selected=r.selected, backfill_requested=r.backfill_requested,
-            backfill_done=r.backfill_done, backfill_fetched=r.backfill_fetched,
-            uidvalidity=r.uidvalidity, uidnext=r.uidnext, highestmodseq=r.highestmodseq,
-        )
-        for r in rows
-    ]
 
 
 async def set_folder_sync(

@@ -48,14 +48,19 @@ class FolderRow:
     backfill_requested: bool
     backfill_done: bool
     backfill_fetched: int
+    # IMAP only (None elsewhere): the epoch, the top of the window we hold, the modseq synced to.
+    uidvalidity: int | None = None
+    uidnext: int | None = None
+    highestmodseq: int | None = None
 
 
 def _folder(r: Any) -> FolderRow:
     return FolderRow(
-        id=r.id, account_id=r.account_id, remote_id=r.remote_id, name=r.name,
+        id=int(r.id), account_id=int(r.account_id), remote_id=r.remote_id, name=r.name,
         role=FolderRole(r.role), is_system=r.is_system, selected=r.selected,
         backfill_requested=r.backfill_requested, backfill_done=r.backfill_done,
-        backfill_fetched=r.backfill_fetched,
+        backfill_fetched=r.backfill_fetched, uidvalidity=r.uidvalidity, uidnext=r.uidnext,
+        highestmodseq=r.highestmodseq,
     )
 
 

@@ -40,7 +40,8 @@ from maildesk.store import accounts as account_store
 from maildesk.store import cursors, imap_state
 from maildesk.store import mail as mail_store
 from maildesk.store.accounts import AccountRow
-from maildesk.store.imap_state import ERROR, FOLDER_CURSORS, FolderError, ImapFolder
+from maildesk.store.imap_state import ERROR, FOLDER_CURSORS, FolderError
+from maildesk.store.mail import FolderRow
 from maildesk.sync.context import SyncContext
 from maildesk.sync.imap_folder import PAGE_SIZE, FolderState, FolderSync
 from maildesk.sync.imap_mailbox import ImapMailbox
@@ -83,7 +84,7 @@ class ImapSync:
         # costs this read, LIST and one SELECT per folder, and writes nothing.
         async with self.ctx.db.read() as conn:
             account = await account_store.get(conn, aid)
-            rows = await imap_state.imap_folders(conn, aid)
+            rows = await mail_store.list_folders(conn, aid)
             fmap = await mail_store.folder_map(conn, aid)
             stored = await cursors.get_named(conn, aid, FOLDER_CURSORS)
         remote = await self.client.list_folders()
@@ -167,8 +168,8 @@ class ImapSync:
             return None
 
     async def _apply_folders(
-        self, remote: Sequence[RemoteFolder], rows: Sequence[ImapFolder]
-    ) -> tuple[list[ImapFolder], dict[str, int]]:
+        self, remote: Sequence[RemoteFolder], rows: Sequence[FolderRow]
+    ) -> tuple[list[FolderRow], dict[str, int]]:
         """Store the server's folder list; what vanished goes with its messages and cursors."""
         aid = self.ctx.account_id
         wanted = {f.remote_id for f in remote}
@@ -179,7 +180,7 @@ class ImapSync:
             events = await mail_store.delete_orphans(conn, aid, held, self.ctx.clock.now())
             for row in gone:
                 await imap_state.drop_folder_cursors(conn, aid, row.remote_id)
-            fresh = await imap_state.imap_folders(conn, aid)
+            fresh = await mail_store.list_folders(conn, aid)
         self.ctx.committed(events)
         return fresh, fmap
 
@@ -249,11 +250,11 @@ class ImapEngine:
         await self._stack.aclose()
 
 
-def _order(row: ImapFolder) -> tuple[int, str, int]:
+def _order(row: FolderRow) -> tuple[int, str, int]:
     return (_ORDER.get(row.role, 4), row.name.casefold(), row.id)
 
 
-def _folders_changed(remote: Sequence[RemoteFolder], rows: Sequence[ImapFolder]) -> bool:
+def _folders_changed(remote: Sequence[RemoteFolder], rows: Sequence[FolderRow]) -> bool:
     """Whether the stored folders differ from the server's list. A local stand-in folder is
     not the server's, but one whose role the server now has must be merged into it."""
     have = {r.remote_id: (r.name, r.role.value, r.is_system) for r in rows

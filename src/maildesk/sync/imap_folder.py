@@ -49,7 +49,8 @@ from maildesk.providers.imap_wire import UidSet
 from maildesk.store import accounts as account_store
 from maildesk.store import cursors, imap_state
 from maildesk.store import mail as mail_store
-from maildesk.store.imap_state import DEEP, EPOCHS, ERROR, LOW, ImapFolder
+from maildesk.store.imap_state import DEEP, EPOCHS, ERROR, LOW
+from maildesk.store.mail import FolderRow
 from maildesk.sync.context import SyncContext
 from maildesk.sync.imap_mailbox import ImapMailbox
 
@@ -66,7 +67,7 @@ _VANISHED_LISTED = 5000
 class FolderState:
     """Where one folder's sync stands (from its row and cursors, kept current as we write)."""
 
-    row: ImapFolder
+    row: FolderRow
     uidvalidity: int | None
     top: int | None
     modseq: int | None
@@ -76,7 +77,7 @@ class FolderState:
     failed_before: bool = False
 
     @classmethod
-    def of(cls, row: ImapFolder, stored: dict[tuple[str, str], str]) -> FolderState:
+    def of(cls, row: FolderRow, stored: dict[tuple[str, str], str]) -> FolderState:
         scope = row.remote_id
         low = stored.get((scope, LOW))
         deep = stored.get((scope, DEEP))
