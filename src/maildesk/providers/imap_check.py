@@ -29,6 +29,15 @@ class ServerCheck:
     capabilities: frozenset[str] = frozenset()
     warnings: tuple[str, ...] = ()
 
+    @classmethod
+    def failure(cls, exc: MailDeskError, stage: Stage,
+                capabilities: frozenset[str]) -> ServerCheck:
+        """The check that failed with ``exc`` at ``stage`` (a missing capability is reported
+        as the capability stage wherever it was found)."""
+        failed = Stage.CAPABILITY if isinstance(exc, CapabilityMissing) else stage
+        return cls(ok=False, stage=failed, reason=str(exc), error_kind=exc.kind,
+                   capabilities=capabilities)
+
 
 async def check_incoming_server(server: ImapServer, credentials: Credentials) -> ServerCheck:
     """Connect, sign in and examine INBOX, reporting the first failure precisely.
@@ -73,14 +82,9 @@ async def check_incoming_server(server: ImapServer, credentials: Credentials) ->
             warnings=tuple(warnings),
         )
     except MailDeskError as exc:
-        failed = Stage.CAPABILITY if isinstance(exc, CapabilityMissing) else stage
-        return ServerCheck(
-            ok=False,
-            stage=failed,
-            reason=str(exc),
-            error_kind=exc.kind,
-            capabilities=capabilities or (connection.capabilities if connection else frozenset()),
-        )
+        return ServerCheck.failure(
+            exc, stage,
+            capabilities or (connection.capabilities if connection else frozenset()))
     finally:
         if connection is not None:
             await connection.aclose()

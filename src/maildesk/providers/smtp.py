@@ -186,14 +186,7 @@ async def check_outgoing_server(
             warnings=tuple(warnings),
         )
     except MailDeskError as exc:
-        failed = Stage.CAPABILITY if isinstance(exc, CapabilityMissing) else stage
-        return ServerCheck(
-            ok=False,
-            stage=failed,
-            reason=str(exc),
-            error_kind=exc.kind,
-            capabilities=frozenset(seen),
-        )
+        return ServerCheck.failure(exc, stage, frozenset(seen))
     finally:
         if smtp is not None:
             _close(smtp)
