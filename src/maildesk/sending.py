@@ -14,14 +14,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from maildesk.domain.compose import ComposeMode, Draft
 from maildesk.errors import NotFound
 from maildesk.send import service
 from maildesk.send.service import OutboxItem, SendOutcome
 from maildesk.services import Services
-from maildesk.store.tables import messages
+from maildesk.store import mail as mail_store
 
 SENT, RETRYING, FAILED = "sent", "retrying", "failed"
 
@@ -35,12 +33,10 @@ async def message_account(services: Services, message_id: int,
     """The account holding message ``message_id``; ``NotFound`` when there is none or the caller
     (``visible``: the accounts they may see, None for all) may not see it."""
     async with services.db.read() as conn:
-        # A one-column read kept next to its only caller.
-        found = await conn.scalar(select(messages.c.account_id).where(
-            messages.c.id == message_id))
-    if found is None or not _may_see(visible, int(found)):
+        found = await mail_store.account_of_message(conn, message_id)
+    if found is None or not _may_see(visible, found):
         raise NotFound(f"no message with id {message_id}")
-    return int(found)
+    return found
 
 
 async def outbox_item(services: Services, outbox_id: int,

@@ -150,6 +150,15 @@ async def record_folder_backfill(
     await conn.execute(update(folders).where(folders.c.id == folder_id).values(**values))
 
 
+async def set_folder_selected(conn: AsyncConnection, account_id: int, folder_id: int,
+                              selected: bool) -> bool:
+    """Select a folder for sync, or not; False when it is not a folder of ``account_id``."""
+    result = await conn.execute(update(folders).where(
+        folders.c.id == folder_id, folders.c.account_id == account_id,
+    ).values(selected=selected))
+    return bool(result.rowcount)
+
+
 async def request_folder_backfill(conn: AsyncConnection, folder_id: int) -> None:
     """"Trigger backfill": a deep historical fetch of one folder, from its newest message."""
     await conn.execute(update(folders).where(folders.c.id == folder_id).values(
@@ -175,6 +184,12 @@ def provider_messages() -> Any:
     sent. Provider sweeps ("what we hold minus what the provider listed") start from these, so
     no engine's sweep can unlink or delete a local entry."""
     return messages.c.remote_id.not_like(local_remote_id(0)[:-1] + "%")
+
+
+async def account_of_message(conn: AsyncConnection, message_id: int) -> int | None:
+    """The account holding message ``message_id`` (None: no such message)."""
+    found = await conn.scalar(select(messages.c.account_id).where(messages.c.id == message_id))
+    return None if found is None else int(found)
 
 
 async def all_remote_ids(conn: AsyncConnection, account_id: int) -> set[str]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -25,7 +23,6 @@ from maildesk.store import mail as mail_store
 from maildesk.store import users as user_store
 from maildesk.store import views as view_store
 from maildesk.store.accounts import AccountRow
-from maildesk.store.tables import folders as folders_table
 from maildesk.web import render
 from maildesk.web.access import AccessPolicy, visible_account
 from maildesk.web.auth import cached_user, flash
@@ -49,15 +46,6 @@ class FolderLine:
     selected: bool
     backfill: str  # idle, running, done
     backfill_fetched: int
-
-
-async def set_folder_selected(conn: AsyncConnection, account_id: int, folder_id: int,
-                              selected: bool) -> bool:
-    # A one-column write kept next to its only caller; returns False for a foreign folder.
-    result = await conn.execute(update(folders_table).where(
-        folders_table.c.id == folder_id, folders_table.c.account_id == account_id,
-    ).values(selected=selected))
-    return bool(result.rowcount)
 
 
 class AccountPages:
@@ -138,7 +126,7 @@ class AccountPages:
         selected = form.get("selected") == "1"
         folder_id = int(request.path_params["folder_id"])
         async with self.services.db.transaction() as conn:
-            found = await set_folder_selected(conn, account.id, folder_id, selected)
+            found = await mail_store.set_folder_selected(conn, account.id, folder_id, selected)
         if not found:
             return render.not_found(request, "There is no such folder in this mailbox.")
         flash(request, "success", "Folder " + ("selected for sync." if selected
