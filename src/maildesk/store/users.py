@@ -63,6 +63,17 @@ async def get(conn: AsyncConnection, user_id: int) -> UserRow | None:
     return None if r is None else _row(r)
 
 
+async def set_api_token_hash(conn: AsyncConnection, user_id: int, token_hash: str) -> None:
+    """Store the hash of the user's API token (replacing any previous one)."""
+    await conn.execute(update(users).where(users.c.id == user_id).values(
+        api_token_hash=token_hash))
+
+
+async def by_api_token_hash(conn: AsyncConnection, token_hash: str) -> UserRow | None:
+    r = (await conn.execute(select(users).where(users.c.api_token_hash == token_hash))).first()
+    return None if r is None else _row(r)
+
+
 async def set_password(conn: AsyncConnection, user_id: int, password_hash: str) -> None:
     """A new password hash. Web sessions carry a fingerprint of the hash, so every session
     signed in with the old password stops working at once."""
