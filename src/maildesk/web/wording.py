@@ -90,6 +90,8 @@ def realtime_text(status: PushStatus | None, provider: str, poll_minutes: float)
     if status is None or status.state == "stopped":
         return RealtimeText("off", "Off", f"Realtime push is not enabled. The mailbox is "
                             f"checked on a schedule, every {every}.")
+    if provider == "imap":
+        return _idle_text(status, every)
     thing = "watch" if provider == "gmail" else "subscription"
     if status.state == "active":
         return RealtimeText("active", "Active", f"The {thing} is registered; new mail "
@@ -109,3 +111,21 @@ def realtime_text(status: PushStatus | None, provider: str, poll_minutes: float)
                             f"Meanwhile the mailbox is polled every {every}.",
                             expiration=status.expiration, error=f"{reason} {detail}".strip())
     return RealtimeText("pending", "Pending", f"The {thing} has not been registered yet.")
+
+
+def _idle_text(status: PushStatus, every: str) -> RealtimeText:
+    """IMAP realtime is an IDLE connection we hold, not a registration at the provider."""
+    folders = status.resource or "INBOX"
+    if status.state == "active":
+        return RealtimeText("active", "Active", f"MailDesk holds an IDLE connection on "
+                            f"{folders}; new mail normally appears within a second or two.")
+    if status.state == "error":
+        kind, _, detail = (status.last_error or "").partition(": ")
+        reason = error_sentence(kind, "imap") if detail else "The IDLE connection failed."
+        times = f"{status.failure_count} time{'' if status.failure_count == 1 else 's'}"
+        return RealtimeText("error", "Error", f"The IDLE connection failed ({times} in a row); "
+                            "it is reconnected with growing pauses, or — if the server refused "
+                            "the sign-in — once the password is updated. Meanwhile the mailbox "
+                            f"is polled every {every}.", error=f"{reason} {detail}".strip())
+    return RealtimeText("pending", "Pending", "The IDLE connection is not established yet; "
+                        f"until it is, the mailbox is polled every {every}.")
