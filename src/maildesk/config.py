@@ -79,6 +79,14 @@ class Settings:
     worker_tick: float = _setting(
         1.0, "Seconds between scheduler ticks when nothing wakes the worker earlier."
     )
+    sync_followup_quiet: float = _setting(
+        0.3, "A follow-up sync (requests arrived while the previous run was busy) starts once "
+        "no new request has come for this many seconds; 0 starts it at once."
+    )
+    sync_followup_max_wait: float = _setting(
+        2.0, "Longest wait, in seconds, of a follow-up sync for requests to pause: a mailbox "
+        "that never goes quiet is still synced this often."
+    )
     http_timeout: float = _setting(30.0, "Read timeout, in seconds, of every provider HTTP call.")
     http_connect_timeout: float = _setting(5.0, "Connect timeout of every provider HTTP call.")
     max_inline_retry_wait: float = _setting(
@@ -244,6 +252,10 @@ class Settings:
         if logging.getLevelName(self.log_level.upper()) not in _LEVELS:
             raise ConfigError(env_name("log_level"),
                               "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        for name in ("sync_followup_quiet", "sync_followup_max_wait"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(env_name(name), "must be a finite number, 0 or more")
         if self.worker_concurrency < 1:
             raise ConfigError(env_name("worker_concurrency"), "must be at least 1")
         if self.imap_max_connections < 1:

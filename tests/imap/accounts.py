@@ -223,7 +223,7 @@ async def claimed(h: Harness, account_id: int, owner: str = "test-worker"
         yield ctx
     finally:
         async with h.services.db.transaction() as conn:
-            await account_store.release(conn, claim, owner=owner, values={},
+            await account_store.release(conn, claim, owner=owner, now=h.clock.now(), values={},
                                         clear_request=False)
 
 

@@ -304,7 +304,8 @@ async def test_a_burst_during_a_sync_makes_one_follow_up(
         assert stats.requests < delivered
         # The running sync ends having claimed before all this: exactly one follow-up is due.
         async with h.services.db.transaction() as conn:
-            await account_store.release(conn, claim, owner="busy-worker", values={},
+            await account_store.release(conn, claim, owner="busy-worker", now=h.clock.now(),
+                                        values={},
                                         clear_request=True)
         follow_up = await h.sync()
         assert [r.status for r in follow_up] == ["ok"]

@@ -54,6 +54,9 @@ def sim_settings(data_dir: Path, db_url: str, **overrides: Any) -> Settings:
         base_url=MAILDESK,
         allow_loopback_webhooks=True,
         prefetch_bodies=5,
+        # Tests drive a ManualClock: a settling follow-up would wait for clock time that never
+        # passes. Settling has its own tests (tests/sync/test_followup_settle.py).
+        sync_followup_quiet=0.0,
     )
     return base.replace(**overrides)
 

@@ -74,7 +74,8 @@ class Rig:
                 yield ctx
             finally:
                 async with self.db.transaction() as conn:
-                    await account_store.release(conn, claim, owner=owner, values={},
+                    await account_store.release(conn, claim, owner=owner, now=self.clock.now(),
+                                                values={},
                                                 clear_request=False)
                 while not sub.queue.empty():
                     event = sub.queue.get_nowait()

@@ -89,7 +89,8 @@ async def test_requests_during_a_sync_collapse_into_one_follow_up(harness: Harne
     for _ in range(10):
         await mailboxes.request_sync(h.services, account_id, "push")
     async with h.services.db.transaction() as conn:
-        await account_store.release(conn, claim, owner="w1", values={}, clear_request=True)
+        await account_store.release(conn, claim, owner="w1", now=h.clock.now(), values={},
+                                    clear_request=True)
     # The stamp survived (a request came in meanwhile): exactly one follow-up sync is due.
     results = await h.sync()
     assert len(results) == 1

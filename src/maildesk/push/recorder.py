@@ -113,7 +113,7 @@ class NotificationRecorder:
                                                              provider, now)
                 return account_store.request_syncs_blocking(conn, ids, reason="push", now=now)
 
-            unleased = await self._db.run_write(record)
+            to_wake = await self._db.run_write(record)
         else:
             # PostgreSQL: all of it as one statement (data-modifying CTEs), one round trip.
             statement = push_store.record_batch_statement(
@@ -121,12 +121,13 @@ class NotificationRecorder:
                 reason="push", now=now)
 
             def record_one(conn: Connection) -> list[int]:
-                return account_store.unleased(conn.execute(statement).all(), now)
+                return account_store.needs_wake(conn.execute(statement).all(), now)
 
-            unleased = await self._db.run_single(record_one)
+            to_wake = await self._db.run_single(record_one)
         self.commits += 1
-        if unleased:
+        if to_wake:
             # A mailbox under a live lease is being synced: its run ends keeping the newer
-            # request and its worker claims the follow-up itself. Waking ours would only cost
-            # a claim that finds nothing (the webhook commits many batches per sync).
+            # request and its worker claims the follow-up itself; a settling follow-up is due
+            # on that worker's timer. Waking for those would only cost a claim that finds
+            # nothing (the webhook commits many batches per sync).
             self._wake()

@@ -9,7 +9,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Update, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Update,
+    and_,
+    delete,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from maildesk.domain.accounts import AccountState, ProviderKind
@@ -220,22 +231,22 @@ def request_syncs_blocking(
     """``request_sync`` for several accounts in one statement (one request each), for
     ``Database.run_write``.
 
-    Returns the ids of those with no live lease: only for them is a worker wake-up useful. A
-    leased account is being synced right now; its run ends keeping the (newer) request and
-    its worker claims the follow-up itself, so N requests still make exactly one follow-up.
+    Returns the ids a worker wake-up is useful for (``needs_wake``). A leased account is
+    being synced right now; its run ends keeping the (newer) request and its worker claims the
+    follow-up itself, so N requests still make exactly one follow-up.
     """
     if not account_ids:
         return []
     result = conn.execute(request_syncs_statement(account_ids, reason=reason, now=now))
-    return unleased(result.all(), now)
+    return needs_wake(result.all(), now)
 
 
 def request_syncs_statement(
     account_ids: Sequence[int], *, reason: str, now: datetime
 ) -> Update:
     """The statement of ``request_syncs_blocking`` (``account_ids`` not empty), to run alone or
-    with data-modifying CTEs (PostgreSQL); it returns ``(id, lease_expires_at)`` rows, which
-    ``unleased`` reads."""
+    with data-modifying CTEs (PostgreSQL); it returns ``(id, lease_expires_at,
+    sync_followup_at)`` rows, which ``needs_wake`` reads."""
     return (
         update(accounts)
         .where(accounts.c.id.in_(sorted(set(account_ids))))
@@ -243,15 +254,21 @@ def request_syncs_statement(
             sync_request_seq=accounts.c.sync_request_seq + 1,
             sync_requested_at=func.coalesce(accounts.c.sync_requested_at, now),
             sync_reason=func.coalesce(accounts.c.sync_reason, reason),
+            sync_last_requested_at=now,
         )
-        .returning(accounts.c.id, accounts.c.lease_expires_at)
+        .returning(accounts.c.id, accounts.c.lease_expires_at, accounts.c.sync_followup_at)
     )
 
 
-def unleased(rows: Iterable[Any], now: datetime) -> list[int]:
-    """The ids, of ``request_syncs_statement``'s rows, with no live lease (sorted)."""
+def needs_wake(rows: Iterable[Any], now: datetime) -> list[int]:
+    """The ids, of ``request_syncs_statement``'s rows, a worker should be woken for (sorted):
+    no live lease, and no follow-up settling. A settling follow-up (``sync_followup_at`` set
+    when a run ended with a request pending) is claimed on the timer of the worker that ran
+    it (``next_followup_blocking``), or at any worker's next tick: waking for each request of
+    a burst would only make the workers look again and find it not due yet."""
     return sorted(int(r.id) for r in rows
-                  if r.lease_expires_at is None or r.lease_expires_at < now)
+                  if (r.lease_expires_at is None or r.lease_expires_at < now)
+                  and r.sync_followup_at is None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +306,43 @@ async def claim_due(
         sync_conn, owner=owner, now=now, lease=lease, limit=limit, skip_locked=skip_locked))
 
 
+@dataclass(frozen=True, slots=True)
+class FollowupSettle:
+    """How a follow-up sync waits for requests to pause (``MAILDESK_SYNC_FOLLOWUP_QUIET`` and
+    ``..._MAX_WAIT``). A burst of notifications that outlasts one run would otherwise cost a
+    run per run time (each run's end claims the next at once); settling makes it a few runs,
+    while a lone request, with no run just before it, is still claimed at once."""
+
+    quiet: timedelta = timedelta(0)
+    max_wait: timedelta = timedelta(0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.quiet > timedelta(0)
+
+    def settling(self, now: datetime) -> Any:
+        """SQL: the row's follow-up is still waiting at ``now``.
+
+        A stamp a little after ``now`` is normal: a request committed by another connection
+        between our reading the clock and our statement. One further ahead than ``max_wait``
+        means the clock went back, and counts as stale, never as a reason to wait (so a jump
+        back holds a follow-up at most about twice ``max_wait``)."""
+        followup, last = accounts.c.sync_followup_at, accounts.c.sync_last_requested_at
+        ahead = now + self.max_wait
+        return and_(
+            followup.is_not(None), last.is_not(None),
+            followup <= ahead, followup > now - self.max_wait,
+            last <= ahead, last > now - self.quiet,
+        )
+
+    def ready_at(self, followup: datetime, last: datetime) -> datetime:
+        """When a waiting follow-up becomes due, if no request comes meanwhile."""
+        return min(last + self.quiet, followup + self.max_wait)
+
+
+NO_SETTLE = FollowupSettle()
+
+
 def claim_due_blocking(
     conn: Connection,
     *,
@@ -297,16 +351,21 @@ def claim_due_blocking(
     lease: timedelta,
     limit: int,
     skip_locked: bool,
+    settle: FollowupSettle = NO_SETTLE,
 ) -> list[Claim]:
     """Claim up to ``limit`` due accounts for ``owner``.
 
-    Due = a pending sync request, or the poll time has come. Requested accounts go first. Each
+    Due = a pending sync request (unless it is a follow-up still settling, see
+    ``FollowupSettle``), or the poll time has come. Requested accounts go first. Each
     selection uses its own index, so the cost grows with the due rows, not with all accounts.
     The claimed rows come back with the claim (``Claim.account``).
     """
     claims: list[Claim] = []
+    requested: Any = accounts.c.sync_requested_at.is_not(None)
+    if settle.enabled:
+        requested = and_(requested, not_(settle.settling(now)))
     selections = (
-        (accounts.c.sync_requested_at.is_not(None), accounts.c.sync_requested_at),
+        (requested, accounts.c.sync_requested_at),
         (accounts.c.next_poll_at <= now, accounts.c.next_poll_at),
     )
     for due, order in selections:
@@ -331,6 +390,23 @@ def claim_due_blocking(
             claims.append(Claim(int(r.id), int(r.sync_request_seq), r.sync_reason or "poll",
                                 _row(r)))
     return claims
+
+
+def next_followup_blocking(
+    conn: Connection, *, now: datetime, settle: FollowupSettle, limit: int = 100
+) -> datetime | None:
+    """The earliest moment a settling follow-up becomes due (if no request comes meanwhile),
+    for the worker's timer; None when none is settling. Reads only requested rows (their
+    index), which are few: they are the due ones."""
+    if not settle.enabled:
+        return None
+    rows = conn.execute(
+        select(accounts.c.sync_followup_at, accounts.c.sync_last_requested_at)
+        .where(accounts.c.sync_requested_at.is_not(None), settle.settling(now), _claimable(now))
+        .limit(limit)
+    ).all()
+    return min((settle.ready_at(r.sync_followup_at, r.sync_last_requested_at) for r in rows),
+               default=None)
 
 
 async def claim_one(
@@ -370,12 +446,13 @@ async def release(
     claim: Claim,
     *,
     owner: str,
+    now: datetime,
     values: dict[str, Any],
     clear_request: bool,
 ) -> None:
     """Drop the lease and record the outcome (see ``release_blocking``)."""
     await conn.run_sync(lambda sync_conn: release_blocking(
-        sync_conn, claim, owner=owner, values=values, clear_request=clear_request))
+        sync_conn, claim, owner=owner, now=now, values=values, clear_request=clear_request))
 
 
 def release_blocking(
@@ -383,15 +460,20 @@ def release_blocking(
     claim: Claim,
     *,
     owner: str,
+    now: datetime,
     values: dict[str, Any],
     clear_request: bool,
 ) -> None:
     """Drop the lease and record the outcome. The request stamp is cleared only when the sync
-    succeeded and no new request arrived while it ran (then a follow-up sync is still due)."""
+    succeeded and no new request arrived while it ran. Then a follow-up sync is still due, and
+    ``sync_followup_at`` = ``now`` marks it as one that settles first (``FollowupSettle``). A
+    run that failed or left work (``clear_request`` false) marks nothing: its retry and
+    backoff rules apply as they are, and a reconnect is not held back."""
     conn.execute(
         update(accounts)
         .where(accounts.c.id == claim.account_id, accounts.c.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None, **values)
+        .values(lease_owner=None, lease_expires_at=None,
+                sync_followup_at=now if clear_request else None, **values)
     )
     if clear_request:
         conn.execute(
@@ -400,7 +482,8 @@ def release_blocking(
                 accounts.c.id == claim.account_id,
                 accounts.c.sync_request_seq == claim.request_seq,
             )
-            .values(sync_requested_at=None, sync_reason=None, sync_done_seq=claim.request_seq)
+            .values(sync_requested_at=None, sync_reason=None, sync_done_seq=claim.request_seq,
+                    sync_followup_at=None)
         )
 
 

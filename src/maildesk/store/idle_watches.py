@@ -104,11 +104,11 @@ def stop_free_blocking(conn: Connection, account_ids: Sequence[int] | None, *, o
 def request_sync_blocking(conn: Connection, account_id: int, *, reason: str, owner: str,
                           now: datetime) -> list[int]:
     """Stamp the mailbox for a sync and note the news on ``owner``'s row; returns the
-    ``request_syncs_blocking`` answer (the mailbox, if no worker holds its lease)."""
-    unleased = account_store.request_syncs_blocking(conn, [account_id], reason=reason, now=now)
+    ``request_syncs_blocking`` answer (the mailbox, if a worker should be woken for it)."""
+    to_wake = account_store.request_syncs_blocking(conn, [account_id], reason=reason, now=now)
     conn.execute(update(_subs).where(*_mine([account_id]), _subs.c.subscription_id == owner)
                  .values(last_notification_at=now))
-    return unleased
+    return to_wake
 
 
 def set_rows_blocking(conn: Connection, account_ids: Sequence[int], *, owner: str | None,

@@ -286,7 +286,7 @@ def record_batch_statement(
 ) -> Any:
     """PostgreSQL only: a batch of verified notifications as ONE statement — the events
     insert and the subscriptions' updates as data-modifying CTEs of the accounts' sync stamp
-    (``accounts.request_syncs_statement``, whose ``(id, lease_expires_at)`` rows it returns).
+    (``accounts.request_syncs_statement``, whose rows ``accounts.needs_wake`` reads).
     One statement is atomic on its own, so on an autocommit connection it is one round trip.
     The parts write different tables, so the CTEs' shared snapshot changes nothing."""
     ctes = [insert(push_events).values(list(events)).cte("recorded_events")] if events else []

@@ -96,6 +96,11 @@ accounts = Table(
     Column("sync_reason", String(32), nullable=True),
     Column("sync_request_seq", BigInteger, nullable=False, default=0),
     Column("sync_done_seq", BigInteger, nullable=False, default=0),
+    # Follow-up settling (migration 0005): the newest pending request, and when the last run
+    # ended with a request still pending. Such a follow-up waits for requests to pause (see
+    # ``store.accounts.claim_due_blocking``), so a burst of notifications is a few runs.
+    Column("sync_last_requested_at", UTCDateTime, nullable=True),
+    Column("sync_followup_at", UTCDateTime, nullable=True),
     Column("lease_owner", String(64), nullable=True),
     Column("lease_expires_at", UTCDateTime, nullable=True),
     Column("next_poll_at", UTCDateTime, nullable=False),

@@ -128,7 +128,7 @@ class SyncRunner:
 
         def end(conn: Connection) -> None:
             account_store.release_blocking(
-                conn, claim, owner=self.owner, values=values,
+                conn, claim, owner=self.owner, now=self.clock.now(), values=values,
                 clear_request=result.status == "ok" and not ctx.more_work,
             )
             self._record(conn, claim, started, result)

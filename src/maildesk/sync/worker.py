@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Connection
+
 from maildesk.clock import Clock
 from maildesk.config import Settings
 from maildesk.store import accounts as account_store
@@ -67,20 +69,49 @@ class Worker:
         self.companions = companions or []
         self._wake = asyncio.Event()
         self._running: dict[int, asyncio.Task[SyncResult]] = {}
+        self.settle = account_store.FollowupSettle(
+            quiet=timedelta(seconds=settings.sync_followup_quiet),
+            max_wait=timedelta(seconds=max(settings.sync_followup_max_wait,
+                                           settings.sync_followup_quiet)),
+        )
+        # When the earliest settling follow-up becomes due (from the last claim pass).
+        self._followup_at: datetime | None = None
 
     def wake(self) -> None:
         """Look for due mailboxes now (called after a sync request in this process)."""
         self._wake.set()
 
     async def claim(self, limit: int) -> list[Claim]:
+        """Claim up to ``limit`` due mailboxes. With room to spare, also note when the
+        earliest settling follow-up becomes due, so ``serve`` wakes for it in time."""
         if limit <= 0:
             return []
         now = self.clock.now()
         lease = timedelta(seconds=self.settings.lease_seconds)
         skip_locked = not self.db.is_sqlite
+        settle = self.settle
+
+        def claim(conn: Connection) -> tuple[list[Claim], datetime | None]:
+            claims = account_store.claim_due_blocking(
+                conn, owner=self.owner, now=now, lease=lease, limit=limit,
+                skip_locked=skip_locked, settle=settle)
+            later = (account_store.next_followup_blocking(conn, now=now, settle=settle)
+                     if len(claims) < limit else None)
+            return claims, later
+
         # One call on SQLite's writer thread; claimed rows come back with the claims.
-        return await self.db.run_write(lambda conn: account_store.claim_due_blocking(
-            conn, owner=self.owner, now=now, lease=lease, limit=limit, skip_locked=skip_locked))
+        claims, self._followup_at = await self.db.run_write(claim)
+        return claims
+
+    def _wait_seconds(self) -> float:
+        """How long ``serve`` may sleep when nothing wakes it: a tick, or less when a settling
+        follow-up becomes due sooner."""
+        tick = self.settings.worker_tick
+        if self._followup_at is None:
+            return tick
+        due = (self._followup_at - self.clock.now()).total_seconds()
+        # A little after the due moment, so the claim's ``now`` is past it.
+        return min(tick, max(due, 0.0) + 0.005)
 
     async def run_periodic(self, *, force: bool = False) -> None:
         """Run every periodic job that is due (all of them with ``force``)."""
@@ -127,7 +158,7 @@ class Worker:
                         jobs_task = group.create_task(self._run_jobs(due))
                         jobs_task.add_done_callback(lambda _t: self._wake.set())
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.settings.worker_tick):
+                        async with asyncio.timeout(self._wait_seconds()):
                             await self._wake.wait()
                 for task in self._running.values():
                     task.cancel()
@@ -152,7 +183,8 @@ class Worker:
             with contextlib.suppress(Exception):
                 async with self.db.transaction() as conn:
                     await account_store.release(
-                        conn, claim, owner=self.owner, values={}, clear_request=False
+                        conn, claim, owner=self.owner, now=self.clock.now(), values={},
+                        clear_request=False,
                     )
             raise
 
