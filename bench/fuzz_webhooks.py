@@ -21,10 +21,12 @@ the exit status is 1.
 Prints ONE JSON document on stdout. Usage (repo root)::
 
     .venv/bin/python bench/fuzz_webhooks.py [--examples 10000] [--db sqlite|postgresql|both]
-        [--which gmail,outlook]
+        [--which gmail,outlook] [--seed N]
 
-Hypothesis draws fresh random cases each run (``run_fuzz`` does not derandomize), so repeated
-runs cover different ground.
+Every run is seeded (``hypothesis.seed``). Without ``--seed`` a fresh random seed is drawn, so
+repeated runs cover different ground; it is printed in the JSON (``settings.seed``, and each
+webhook's ``seed``), and ``--seed`` with it replays that run's cases (with ``--which`` and
+``--examples`` as they were; ``--db both`` runs both databases with the one seed).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import json
 import logging
 import os
 import platform
+import secrets
 import sys
 import tempfile
 import time
@@ -75,6 +78,7 @@ def _report(report: FuzzReport, seconds: float, failure: str | None) -> dict[str
     if failure is not None:
         problems.insert(0, failure)
     return {
+        "seed": report.seed,
         "cases": report.cases,
         "statuses": {str(k): v for k, v in sorted(report.statuses.items())},
         "problems": problems,
@@ -84,21 +88,21 @@ def _report(report: FuzzReport, seconds: float, failure: str | None) -> dict[str
 
 
 async def _fuzz(client: httpx.AsyncClient, target: FuzzTarget, examples: int,
-                which: str) -> dict[str, Any]:
+                which: str, seed: int) -> dict[str, Any]:
     """``run_fuzz`` with hypothesis's own printing kept off stdout (our JSON goes there) and a
     broken property turned into a reported problem."""
     started = time.perf_counter()
     failure: str | None = None
-    report = FuzzReport()
+    report = FuzzReport(seed=seed)
     with contextlib.redirect_stdout(sys.stderr):
         try:
-            report = await run_fuzz(client, target, examples=examples, which=which)
+            report = await run_fuzz(client, target, examples=examples, which=which, seed=seed)
         except AssertionError as exc:  # hypothesis re-raises the shrunk failing case
             failure = f"property broken: {str(exc)[:500]}"
     return _report(report, time.perf_counter() - started, failure)
 
 
-async def fuzz_gmail(h: Harness, examples: int) -> dict[str, Any]:
+async def fuzz_gmail(h: Harness, examples: int, seed: int) -> dict[str, Any]:
     """As ``test_gmail_webhook_survives_fuzzing``: a configured mailbox, our own signing key."""
     account_id = await h.add_gmail(EMAIL)
     await _configure(h, account_id)
@@ -109,10 +113,10 @@ async def fuzz_gmail(h: Harness, examples: int) -> dict[str, Any]:
     app = create_app(h.services)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://maildesk") as client:
-        return await _fuzz(client, target, examples, "gmail")
+        return await _fuzz(client, target, examples, "gmail", seed)
 
 
-async def fuzz_outlook(h: Harness, examples: int) -> dict[str, Any]:
+async def fuzz_outlook(h: Harness, examples: int, seed: int) -> dict[str, Any]:
     """As ``test_outlook_webhooks_survive_fuzzing``: a live subscription, its clientState known;
     afterwards the subscription must still be the one registered."""
     async with outlook_rig(h) as rig:
@@ -124,7 +128,7 @@ async def fuzz_outlook(h: Harness, examples: int) -> dict[str, Any]:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         target = FuzzTarget(key, "", "", "", h.clock.now().timestamp(),
                             subscription_id=row.sub.subscription_id, client_state=client_state)
-        result = await _fuzz(rig.client, target, examples, "outlook")
+        result = await _fuzz(rig.client, target, examples, "outlook", seed)
         async with h.services.db.read() as conn:
             rows = await push_store.for_account(conn, account_id)
         kept = [r.sub.subscription_id for r in rows] == [row.sub.subscription_id]
@@ -145,7 +149,7 @@ async def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 async with Harness.open(db_url=url, clock=ManualClock(),
                                         data_dir=Path(tmp)) as h:
                     fuzz = fuzz_gmail if which == "gmail" else fuzz_outlook
-                    run[which] = await fuzz(h, args.examples)
+                    run[which] = await fuzz(h, args.examples, args.seed)
         print(f"[{kind}] {which}: {run[which]['cases']} cases in {run[which]['seconds']} s, "
               f"problems: {len(run[which]['problems'])}", file=sys.stderr)
     run["meets_target"] = {
@@ -170,18 +174,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="sqlite")
     parser.add_argument("--which", default=",".join(WHICH),
                         help="webhooks to fuzz: gmail, outlook or both (comma-separated)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="hypothesis seed (default: a random one, printed in the JSON); "
+                             "a printed seed replays that run")
     args = parser.parse_args(argv)
+    if args.seed is None:
+        args.seed = secrets.randbelow(2**32)
     args.which = [w.strip() for w in args.which.split(",") if w.strip()]
     if not args.which or set(args.which) - set(WHICH):
         parser.error(f"--which takes {', '.join(WHICH)}")
     if args.examples < 1:
         parser.error("--examples must be at least 1")
     _quiet_logging()
+    # Also here, in case the run never gets to print its JSON (killed at its time limit).
+    print(f"fuzz_webhooks: seed {args.seed}", file=sys.stderr)
     try:
         if args.db == "both":
             def command(kind: str) -> list[str]:
                 return [sys.executable, str(Path(__file__).resolve()), "--db", kind,
-                        "--examples", str(args.examples), "--which", ",".join(args.which)]
+                        "--examples", str(args.examples), "--which", ",".join(args.which),
+                        "--seed", str(args.seed)]
             runs = run_per_database(command, timeout=600 + args.examples * 0.2)
         else:
             runs = [asyncio.run(measure(args.db, args))]
@@ -191,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "benchmark": "fuzz_webhooks",
         "targets": {"cases_per_webhook": TARGET_CASES},
-        "settings": {"examples": args.examples, "which": args.which},
+        "settings": {"examples": args.examples, "which": args.which, "seed": args.seed},
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "runs": runs,
     }, indent=2))

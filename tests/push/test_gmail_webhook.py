@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -150,7 +151,7 @@ async def test_every_bad_token_is_403(
     account_id = await harness.add_gmail(EMAIL)
     await _configure(harness, account_id)
     now = harness.clock.now().timestamp()
-    token = {
+    makers: dict[str, Callable[[], str]] = {
         "bad_signature": lambda: make_token(foreign_key, now),
         "unknown_kid": lambda: make_token(google_key, now, kid="nope"),
         "expired": lambda: make_token(google_key, now - 7200),
@@ -163,7 +164,8 @@ async def test_every_bad_token_is_403(
         "garbage": lambda: "not.a.jwt",
         "hs256": lambda: jwt.encode({"aud": AUDIENCE}, "k" * 32, algorithm="HS256",
                                     headers={"kid": "k1"}),
-    }[case]()
+    }
+    token = makers[case]()
     response = await client.post(URL, content=push_body(),
                                  headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 403

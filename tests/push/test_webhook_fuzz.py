@@ -1,7 +1,13 @@
 """Hypothesis fuzzing of the Gmail and Outlook push webhooks (see tests/push/webhook_fuzz.py),
-on SQLite and PostgreSQL. The benchmark entry point runs the same with ≥ 10,000 cases."""
+on SQLite and PostgreSQL. The benchmark entry point runs the same with ≥ 10,000 cases.
+
+The two fuzz tests are not given a fixed seed: each run draws a fresh one (so the suite keeps
+exploring new cases run after run, as an unseeded hypothesis test does) and names it when a
+property breaks, so any failure can be replayed with ``run_fuzz(..., seed=)``."""
 
 from __future__ import annotations
+
+import secrets
 
 import httpx
 import pytest
@@ -34,7 +40,7 @@ async def test_gmail_webhook_survives_fuzzing(harness: Harness, google_key: RSAP
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://maildesk") as client:
         report = await run_fuzz(client, target, examples=EXAMPLES, which="gmail")
-    assert report.problems == []
+    assert report.problems == [], f"replay with seed {report.seed}"
     assert report.cases >= EXAMPLES
     # The fuzzing reached past the token check, not only the cheap rejections.
     assert report.statuses.get(202, 0) > 0, report.statuses
@@ -52,7 +58,7 @@ async def test_outlook_webhooks_survive_fuzzing(harness: Harness) -> None:
         target = FuzzTarget(key, "", "", "", harness.clock.now().timestamp(),
                             subscription_id=row.sub.subscription_id, client_state=client_state)
         report = await run_fuzz(rig.client, target, examples=EXAMPLES, which="outlook")
-        assert report.problems == []
+        assert report.problems == [], f"replay with seed {report.seed}"
         assert report.cases >= EXAMPLES
         assert report.statuses.get(202, 0) > 0, report.statuses
         assert report.statuses.get(400, 0) > 0, report.statuses
@@ -62,3 +68,30 @@ async def test_outlook_webhooks_survive_fuzzing(harness: Harness) -> None:
         assert [r.sub.subscription_id for r in rows] == [row.sub.subscription_id]
 
 
+
+
+REPLAY_EXAMPLES = 40
+
+
+async def test_a_seed_replays_the_same_cases(harness: Harness) -> None:
+    async with outlook_rig(harness) as rig:
+        account_id = await rig.add_outlook("replay@contoso.example")
+        row = await rig.push.enable(account_id, ProviderKind.OUTLOOK, {})
+        assert row.sub.subscription_id is not None
+        client_state = await rig.push.client_state(account_id)
+        assert client_state is not None
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        target = FuzzTarget(key, "", "", "", harness.clock.now().timestamp(),
+                            subscription_id=row.sub.subscription_id, client_state=client_state)
+        seed = secrets.randbelow(2**32)
+        runs = [await run_fuzz(rig.client, target, examples=REPLAY_EXAMPLES, which="outlook",
+                               seed=s) for s in (seed, seed, seed + 1)]
+        unseeded = await run_fuzz(rig.client, target, examples=REPLAY_EXAMPLES, which="outlook")
+    first, replay, other = runs
+    assert [r.seed for r in runs] == [seed, seed, seed + 1]
+    assert first.cases >= REPLAY_EXAMPLES
+    assert replay.trail == first.trail, f"seed {seed} did not replay its cases"
+    assert other.trail != first.trail, "another seed draws other cases"
+    # An unseeded run draws its own seed and records it, so it can be replayed too.
+    assert unseeded.seed is not None
+    assert unseeded.trail != first.trail

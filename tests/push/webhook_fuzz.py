@@ -15,6 +15,11 @@ The properties, checked on every case:
 The requests are sent by hypothesis on a worker thread into the test's event loop, so the app
 keeps its database connections on one loop and hypothesis can still shrink a failing case.
 ``run_fuzz`` is shared by the test suite (a few hundred cases) and ``bench`` (≥ 10,000).
+
+Every run is seeded (``hypothesis.seed``): by the caller, or with a fresh random seed. The seed
+is in the report and in the note of a failure, and the same seed replays the same cases (the
+same draws; the key, secrets and ids they embed are the target's), so a failure found by a long
+run can be replayed.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import asyncio
 import base64
 import json
 import logging
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import hypothesis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -73,9 +80,12 @@ class FuzzTarget:
 
 @dataclass(slots=True)
 class FuzzReport:
+    seed: int | None = None  # what replays this run (``run_fuzz(..., seed=)``)
     cases: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # Each case's method, path, body size and answer, in order: what a replay must repeat.
+    trail: list[tuple[str, str, int, int]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------- strategies
@@ -290,12 +300,17 @@ async def run_fuzz(
     *,
     examples: int,
     which: str,
+    seed: int | None = None,
     on_case: Callable[[], None] | None = None,
 ) -> FuzzReport:
     """Send ``examples`` fuzzed requests to one webhook (``which``: "gmail" or "outlook") and
-    raise AssertionError on the first broken property (hypothesis shrinks it first)."""
+    raise AssertionError on the first broken property (hypothesis shrinks it first; the
+    exception's note names the seed). ``seed`` None draws a fresh one (recorded in the report),
+    so unseeded runs keep covering new ground and each can still be replayed."""
     loop = asyncio.get_running_loop()
-    report = FuzzReport()
+    if seed is None:
+        seed = secrets.randbelow(2**32)
+    report = FuzzReport(seed=seed)
     strategy = gmail_cases(target) if which == "gmail" else outlook_cases(target)
     allowed = GMAIL_CODES if which == "gmail" else OUTLOOK_CODES
 
@@ -305,7 +320,9 @@ async def run_fuzz(
         return await client.request(case.method, case.path, params=case.params,
                                     headers=headers, content=case.body)
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
+    # No example database: a replay must depend on the seed alone.
+    @hypothesis.seed(seed)
+    @settings(max_examples=examples, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(strategy)
     def check(case: Case) -> None:
@@ -315,12 +332,18 @@ async def run_fuzz(
         response = future.result(timeout=60)
         report.cases += 1
         report.statuses[response.status_code] = report.statuses.get(response.status_code, 0) + 1
+        report.trail.append((case.method, case.path, len(case.body), response.status_code))
         assert response.status_code in allowed, (
             f"{which}: undocumented status {response.status_code} for {case.method} "
             f"{case.path} ({len(case.body)} bytes)")
 
     with captured_logs() as logs:
-        await asyncio.to_thread(check)
+        try:
+            await asyncio.to_thread(check)
+        except Exception as exc:
+            exc.add_note(f"webhook fuzz ({which}) seed {seed}: run_fuzz(..., seed={seed}) or "
+                         f"bench/fuzz_webhooks.py --which {which} --seed {seed} replays it")
+            raise
     # Every JWT starts with a base64url JSON header, "eyJ": none may reach the logs.
     watched = [MARK, "eyJ", target.client_state, *target.secrets]
     for line in logs.lines:

@@ -260,6 +260,9 @@ class FakeGraph:
             raise MessageGone(f"message {remote_id} not found")
         return RemoteBody(remote_id, f"text of {m.subject}", f"<p>{m.subject}</p>")
 
+    async def send_mime(self, message: bytes) -> None:
+        raise NotImplementedError("sending is not modelled by the sync fake")
+
     async def create_subscription(
         self, *, resource: str, change_type: str, notification_url: str, lifecycle_url: str,
         expiration: datetime, client_state: str,

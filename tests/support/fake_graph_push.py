@@ -135,6 +135,9 @@ class FakeGraphPush:
     async def get_body(self, remote_id: str) -> RemoteBody:
         raise NotImplementedError
 
+    async def send_mime(self, message: bytes) -> None:
+        raise NotImplementedError
+
     # --- test helpers ------------------------------------------------------------------------
     def only(self) -> FakeSubscription:
         assert len(self.subscriptions) == 1, self.subscriptions

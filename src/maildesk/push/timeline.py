@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from maildesk.store import timeline as timeline_store
 from maildesk.store import views as view_store
-from maildesk.store.tables import bodies, changes, push_events
 
 Status = Literal["observed", "waiting", "missing"]
 
@@ -174,7 +173,7 @@ def evaluate(
     return Timeline(provider, started_at, finished_at, tuple(out), hint)
 
 
-# ----------------------------------------------------------------------------- the store side
+# ------------------------------------------------- tests as recorded (queries: store/timeline.py)
 
 @dataclass(frozen=True, slots=True)
 class TestRun:
@@ -193,70 +192,56 @@ class TestRun:
 async def start_test(conn: AsyncConnection, account_id: int, provider: str,
                      now: datetime) -> None:
     change_id = await view_store.latest_change_id(conn, account_id)
-    await conn.execute(insert(push_events).values(
-        account_id=account_id, provider=provider, kind=TEST_STARTED,
-        detail=f"after change {change_id}", at=now))
+    await timeline_store.add_event(conn, account_id=account_id, provider=provider,
+                                   kind=TEST_STARTED, detail=f"after change {change_id}", at=now)
 
 
 async def finish_test(conn: AsyncConnection, run: TestRun, now: datetime) -> None:
-    await conn.execute(insert(push_events).values(
-        account_id=run.account_id, provider=run.provider, kind=TEST_FINISHED,
-        detail=f"test {run.event_id}", at=now))
+    await timeline_store.add_event(conn, account_id=run.account_id, provider=run.provider,
+                                   kind=TEST_FINISHED, detail=f"test {run.event_id}", at=now)
 
 
 async def current_test(conn: AsyncConnection, account_id: int) -> TestRun | None:
     """The mailbox's latest test (finished or not), or None."""
-    started = (await conn.execute(
-        select(push_events).where(push_events.c.account_id == account_id,
-                                  push_events.c.kind == TEST_STARTED)
-        .order_by(push_events.c.id.desc()).limit(1))).first()
+    started = await timeline_store.latest_event(conn, account_id, TEST_STARTED)
     if started is None:
         return None
-    finished = await conn.scalar(select(func.min(push_events.c.at)).where(
-        push_events.c.account_id == account_id, push_events.c.kind == TEST_FINISHED,
-        push_events.c.id > started.id))
-    _, _, number = str(started.detail).rpartition(" ")
-    return TestRun(int(started.id), account_id, str(started.provider), started.at,
+    finished = await timeline_store.first_event_at(conn, account_id, TEST_FINISHED,
+                                                   after_id=started.id)
+    _, _, number = started.detail.rpartition(" ")
+    return TestRun(started.id, account_id, started.provider, started.at,
                    int(number) if number.isdigit() else 0, finished)
 
 
 async def observe(conn: AsyncConnection, run: TestRun) -> Observations:
-    rows = (await conn.execute(
-        select(push_events.c.id, push_events.c.kind, push_events.c.detail, push_events.c.at)
-        .where(push_events.c.account_id == run.account_id, push_events.c.id > run.event_id,
-               push_events.c.provider == run.provider,
-               push_events.c.kind.in_(["delivered", "verified", "sync_started", "rejected",
-                                       VISIBLE]))
-        .order_by(push_events.c.id))).all()
+    events = await timeline_store.events_after(
+        conn, run.account_id, run.provider,
+        ["delivered", "verified", "sync_started", "rejected", VISIBLE], after_id=run.event_id)
     first: dict[str, datetime] = {}
     rejected: str | None = None
-    for _, kind, detail, at in rows:
-        if kind == "rejected":
-            rejected = str(detail)
-        elif kind == "sync_started" and "verified" not in first and "delivered" in first:
+    for event in events:
+        if event.kind == "rejected":
+            rejected = event.detail
+        elif event.kind == "sync_started" and "verified" not in first and "delivered" in first:
             continue  # a sync that began before the notification was verified is not its own
         else:
-            first.setdefault(str(kind), at)
-    changed = (await conn.execute(
-        select(changes.c.message_id, changes.c.at)
-        .where(changes.c.account_id == run.account_id, changes.c.id > run.change_id,
-               changes.c.kind.in_(["added", "updated"]), changes.c.message_id.is_not(None))
-        .order_by(changes.c.id).limit(200))).all()
+            first.setdefault(event.kind, event.at)
+    changed = await timeline_store.changes_after(
+        conn, run.account_id, after_id=run.change_id, kinds=["added", "updated"], limit=200)
     row_at = changed[0].at if changed else None
     body_at = None
     if changed:
-        body_at = await conn.scalar(select(func.min(bodies.c.fetched_at)).where(
-            bodies.c.message_id.in_(sorted({int(m) for m, _ in changed}))))
+        body_at = await timeline_store.first_body_fetched_at(
+            conn, sorted({c.message_id for c in changed}))
     return Observations(first.get("delivered"), first.get("verified"),
                         first.get("sync_started"), row_at, body_at, first.get(VISIBLE),
                         rejected)
 
 
 async def changed_since(conn: AsyncConnection, run: TestRun) -> Sequence[int]:
-    rows = await conn.execute(select(changes.c.message_id).where(
-        changes.c.account_id == run.account_id, changes.c.id > run.change_id,
-        changes.c.message_id.is_not(None)).limit(1000))
-    return [int(m) for (m,) in rows]
+    changed = await timeline_store.changes_after(conn, run.account_id, after_id=run.change_id,
+                                                 limit=1000)
+    return [c.message_id for c in changed]
 
 
 async def record_visible(conn: AsyncConnection, account_id: int, message_id: int,
@@ -269,12 +254,8 @@ async def record_visible(conn: AsyncConnection, account_id: int, message_id: int
         return False
     if message_id not in await changed_since(conn, run):
         return False
-    seen = await conn.scalar(select(func.count()).select_from(push_events).where(
-        push_events.c.account_id == account_id, push_events.c.id > run.event_id,
-        push_events.c.kind == VISIBLE))
-    if seen:
+    if await timeline_store.has_event_after(conn, account_id, VISIBLE, after_id=run.event_id):
         return False
-    await conn.execute(insert(push_events).values(
-        account_id=account_id, provider=run.provider, kind=VISIBLE,
-        detail=f"message {message_id}", at=now))
+    await timeline_store.add_event(conn, account_id=account_id, provider=run.provider,
+                                   kind=VISIBLE, detail=f"message {message_id}", at=now)
     return True

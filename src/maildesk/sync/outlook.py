@@ -38,13 +38,14 @@ the local id and drops the cached body), so:
 - an item reported present in folder F sets the message's folders to {F};
 - ``@removed`` unlinks it from F only (``UPDATED``; with no folder left it is an *orphan*,
   recorded in ``graph_orphans`` in the same transaction);
-- an orphan is deleted (``REMOVED``) only at the end of a run that started after it became an
-  orphan and in which every selected folder's delta reached its deltaLink. Every folder was then
-  read completely after the unlink, so had the message moved to a folder we sync, that folder
-  would have linked it again. (Waiting only for "a steady run" is not enough: a move that
-  happens after folder B was read but before folder A was read in the same run would delete the
-  message, and B would re-add it with a new local id on the next run.) A message moved to a
-  folder we do not sync is therefore deleted locally one run later, which is right.
+- an orphan is deleted (``REMOVED``) only at the end of a run that started after it last became
+  an orphan and in which every selected folder's delta reached its deltaLink (an orphan from
+  before the run that this run linked again and orphaned again waits for the next run). Every
+  folder was then read completely after the unlink, so had the message moved to a folder we
+  sync, that folder would have linked it again. (Waiting only for "a steady run" is not enough:
+  a move that happens after folder B was read but before folder A was read in the same run would
+  delete the message, and B would re-add it with a new local id on the next run.) A message
+  moved to a folder we do not sync is therefore deleted locally one run later, which is right.
 
 Folders are refreshed on the first run and then every 10 minutes (renames carry no delta), and
 at once when a folder's delta answers 404. A folder gone at the provider: its messages are
@@ -382,10 +383,14 @@ class OutlookSync:
         settled = not failed and not self.ctx.more_work and all(
             f.remote_id in steady for f in chosen
         )
+        # Orphaned before this run began and not again during it: every folder was read
+        # since. One orphaned again by this run (linked somewhere, then unlinked) waits: the
+        # folder it went to may be read only by the next run.
+        deletable = pending - self._orphaned if settled else set()
         # What ``graph_orphans`` holds after this run: deletions wait for a run that starts
         # after them, so ask for that run now (a deleted message is gone in seconds rather
         # than at the next poll). A failed run is retried by the runner's backoff instead.
-        waiting = self._orphaned - pending if settled and pending else pending | self._orphaned
+        waiting = (pending | self._orphaned) - deletable
         if waiting and not failed:
             self.ctx.more_work = True
         listed = {f.remote_id for f in chosen if self._positions[f.remote_id].delta is not None}
@@ -397,7 +402,7 @@ class OutlookSync:
             values["initial_sync_done"] = True
         if not account.backfill_done and all(f.remote_id in listed for f in chosen):
             values["backfill_done"] = True
-        if not values and not requested and not (settled and pending):
+        if not values and not requested and not deletable:
             return
         events: list[MailEvent] = []
         async with self.ctx.write() as conn:
@@ -408,10 +413,10 @@ class OutlookSync:
                 # A Graph round covers the whole folder: its first completed round is the
                 # deep fetch a folder backfill asks for.
                 await mail_store.record_folder_backfill(conn, f.id, 0, done=True)
-            if settled and pending:
-                # Orphaned before this run began, and every folder was read since: gone.
-                events = await mail_store.delete_orphans(conn, aid, pending, now)
-                left = _ids(await cursors.get(conn, aid, ORPHANS)) - pending
+            if deletable:
+                # Those linked again meanwhile are kept by ``delete_orphans``.
+                events = await mail_store.delete_orphans(conn, aid, deletable, now)
+                left = _ids(await cursors.get(conn, aid, ORPHANS)) - deletable
                 if left:
                     await cursors.put(conn, aid, ORPHANS, _join(left), now)
                 else:
