@@ -8,7 +8,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, insert, literal, select, union, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Text,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    union,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from maildesk.domain.accounts import ProviderKind
@@ -289,9 +305,30 @@ def record_batch_statement(
     (``accounts.request_syncs_statement``, whose rows ``accounts.needs_wake`` reads).
     One statement is atomic on its own, so on an autocommit connection it is one round trip.
     The parts write different tables, so the CTEs' shared snapshot changes nothing."""
-    ctes = [insert(push_events).values(list(events)).cte("recorded_events")] if events else []
+    ctes = [_events_from_arrays(events).cte("recorded_events")] if events else []
     for n, (provider, ids) in enumerate(sorted(by_provider.items(), key=lambda kv: kv[0].value)):
         if ids:
             ctes.append(record_notifications_statement(ids, provider, now).cte(f"noted_{n}"))
     statement = account_store.request_syncs_statement(account_ids, reason=reason, now=now)
     return statement.add_cte(*ctes) if ctes else statement
+
+
+# ``_events_from_arrays``' columns and the element type of each column's array.
+_EVENT_ARRAYS = (("account_id", BigInteger()), ("provider", Text()), ("kind", Text()),
+                 ("detail", Text()), ("at", DateTime(timezone=True)))
+
+
+def _events_from_arrays(events: Sequence[dict[str, Any]]) -> Any:
+    """PostgreSQL: INSERT the events from one array per column (``SELECT unnest(a), …``).
+
+    A multi-row VALUES is a new statement shape for every batch size, so SQLAlchemy compiled
+    it afresh for each batch (about 10 ms for a batch of 30 events: most of the webhook's
+    cost). Five array parameters give one shape, compiled once and cached, whatever the size.
+    """
+    unnested = [
+        func.unnest(bindparam(f"event_{name}", [e[name] for e in events],
+                              type_=postgresql.ARRAY(element)))
+        for name, element in _EVENT_ARRAYS
+    ]
+    return insert(push_events).from_select([name for name, _ in _EVENT_ARRAYS],
+                                           select(*unnested))
