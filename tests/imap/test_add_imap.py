@@ -353,7 +353,7 @@ def test_setup_defaults_and_refusals() -> None:
     assert plain.servers.smtp is not None
     assert (plain.servers.smtp.port, plain.servers.smtp.security) == (587, Security.STARTTLS)
     assert "pw" not in repr(plain)
-    refusals = {
+    refusals: dict[str, dict[str, Any]] = {
         "IMAP host": {"username": "u@x.org", "password": "p"},
         "IMAP port": {"host": "h", "port": "99999", "username": "u@x.org", "password": "p"},
         "IMAP security": {"host": "h", "security": "tls", "username": "u@x.org",

@@ -11,6 +11,7 @@ from datetime import timedelta
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ async def _outbox_job(h: Harness) -> str:
 
 @contextlib.asynccontextmanager
 async def _opened(db_url: str, clock: ManualClock, tmp_path: Path,
-                  **settings: object) -> AsyncIterator[tuple[Harness, int]]:
+                  **settings: Any) -> AsyncIterator[tuple[Harness, int]]:
     async with Harness.open(db_url=db_url, clock=clock, data_dir=tmp_path, **settings) as h:
         account_id = await h.add_gmail(ALICE, seed=2)
         await h.sync_until_idle()

@@ -4,6 +4,7 @@ replacement by Gmail's copy, replies in Gmail's thread, forwards, retries and fa
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from email import policy
 from email.message import EmailMessage
@@ -151,17 +152,13 @@ async def test_forward_quotes_the_original_without_replying_to_it(harness: Harne
     assert "From: Eve <eve@example.com>" in draft.text
     assert "Row 7, seats 3 and 4." in draft.text
     outcome = await service.send(h.services, account_id=account_id,
-                                 draft=Draft(**{**_fields(draft), "to": (BOB,)}))
+                                 draft=dataclasses.replace(draft, to=(BOB,)))
     assert outcome.state == "sent"
     [request] = _send_bodies(h)
     sent = _parse(base64.urlsafe_b64decode(request["raw"]))
     assert sent["In-Reply-To"] is None
     assert sent["References"] == "<tickets@example.com>"
     assert "Row 7, seats 3 and 4." in sent.get_content()
-
-
-def _fields(draft: Draft) -> dict[str, object]:
-    return {name: getattr(draft, name) for name in Draft.__dataclass_fields__}
 
 
 async def test_prepare_refuses_a_message_of_another_mailbox(harness: Harness) -> None:
