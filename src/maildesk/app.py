@@ -1,5 +1,6 @@
-"""App assembly: the ASGI app, `maildesk serve` (web + workers in one process) and
-`maildesk worker` (a worker process without the web server).
+"""App assembly: the ASGI app, `maildesk serve` (web + workers in one process),
+`maildesk worker` (a worker process without the web server) and `maildesk web` (the web server
+without a worker; PostgreSQL only, beside worker processes).
 
 Shutdown on SIGTERM/SIGINT is ours, not uvicorn's: the signal sets one stop event, the web
 server stops accepting and finishes in-flight requests, the worker hands back its leases, and
@@ -16,6 +17,7 @@ import socket
 from collections.abc import Generator
 
 import uvicorn
+from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -75,9 +77,10 @@ class _Server(uvicorn.Server):
 
 
 async def serve_until(app: Starlette, services: Services, stop: asyncio.Event, *,
-                      listening: asyncio.Event | None = None) -> None:
-    """Run the web server and the worker until ``stop`` is set, then shut both down.
-    ``listening`` is set once the server accepts connections (never, if it cannot bind)."""
+                      listening: asyncio.Event | None = None, worker: bool = True) -> None:
+    """Run the web server and (unless ``worker`` is false) the worker until ``stop`` is set,
+    then shut both down. ``listening`` is set once the server accepts connections (never, if
+    it cannot bind)."""
     settings = services.settings
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, lifespan="off", timeout_graceful_shutdown=10)
@@ -88,7 +91,8 @@ async def serve_until(app: Starlette, services: Services, stop: asyncio.Event, *
         server.should_exit = True
 
     async with asyncio.TaskGroup() as group:
-        group.create_task(services.worker.serve(stop))
+        if worker:
+            group.create_task(services.worker.serve(stop))
         group.create_task(stopper())
         try:
             await server.serve()
@@ -128,3 +132,30 @@ async def run_server(settings: Settings) -> None:
         stop = asyncio.Event()
         with stop_on_signals(stop):
             await serve_until(create_app(services), services, stop)
+
+
+async def run_web(settings: Settings) -> None:
+    """`maildesk web`: the web server (UI, API, webhooks, websockets) without a worker, for
+    running several web processes beside `maildesk worker` processes on one PostgreSQL
+    database. Webhooks stamp sync requests and wake the workers over LISTEN/NOTIFY; the workers'
+    changes reach this process's websockets the same way."""
+    require_shared_database(settings, "maildesk web")
+    async with open_services(settings) as services:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            log.info("MailDesk web process started (no worker: `maildesk worker` syncs)")
+            await serve_until(create_app(services), services, stop, worker=False)
+
+
+def require_shared_database(settings: Settings, command: str) -> None:
+    """Refuse a SQLite store: it belongs to the one process that opened it, so a web process
+    without a worker would never see mail synced (nor wake a worker)."""
+    try:
+        backend = make_url(settings.effective_database_url).get_backend_name()
+    except Exception:  # a bad URL: open_services reports it, with its reason
+        return
+    if backend == "sqlite":
+        raise ConfigError("MAILDESK_DATABASE_URL",
+                          f"`{command}` needs a PostgreSQL database shared with `maildesk "
+                          "worker` processes; a SQLite file belongs to one process: use "
+                          "`maildesk serve`")

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("worker", help="run a sync worker without the web server")
 
+    web = sub.add_parser("web", help="run the web app without a worker (PostgreSQL, beside "
+                                     "`maildesk worker` processes)")
+    web.add_argument("--host")
+    web.add_argument("--port", type=int)
+
     demo = sub.add_parser("demo", help="run the embedded demo (SQLite + simulators)")
     demo.add_argument("--data-dir", type=Path, default=Path("maildesk-demo"))
     demo.add_argument("--port", type=int, default=8025)
@@ -339,14 +344,26 @@ async def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from maildesk.app import run_server
-
+def _listening_on(args: argparse.Namespace, settings: Settings) -> Settings:
+    """``settings`` with the address given by ``--host``/``--port``, if any."""
     if args.host:
         settings = settings.replace(host=args.host)
     if args.port:
         settings = settings.replace(port=args.port)
-    await run_server(settings)
+    return settings
+
+
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from maildesk.app import run_server
+
+    await run_server(_listening_on(args, settings))
+    return 0
+
+
+async def _web(args: argparse.Namespace, settings: Settings) -> int:
+    from maildesk.app import run_web
+
+    await run_web(_listening_on(args, settings))
     return 0
 
 
@@ -361,6 +378,7 @@ async def _demo(args: argparse.Namespace, settings: Settings) -> int:
 _HANDLERS: dict[str, Handler] = {
     "serve": _serve,
     "worker": _worker,
+    "web": _web,
     "demo": _demo,
     "migrate": _migrate,
     "user create": _user_create,

@@ -380,7 +380,7 @@ async def add_imap(services: Services, setup: ImapSetup, *, verify: bool = True)
             refresh_token_enc=secrets.encrypt(refresh_token) if refresh_token else None,
             scopes=scopes, token_kind=kind, settings=settings,
         )
-    services.worker.wake()
+    services.wake()
     services.idle.wake()
     log.info("added IMAP mailbox %s as account %s (%s)", setup.email, account_id,
              "verified" if verify else "not verified")
@@ -468,7 +468,7 @@ async def set_password(services: Services, account_id: int, password: str, *,
         await account_store.request_sync(conn, account_id, reason="password", now=now)
     services.connectors.forget_tokens(account_id)
     services.idle.wake()
-    services.worker.wake()
+    services.wake()
     log.info("account %s: new password stored (%s)", account_id,
              "verified" if verify else "not verified")
     return PasswordOutcome(True, report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -100,7 +101,7 @@ async def _create(services: Services, provider: ProviderKind, email: str, refres
         account_id = await account_store.create(
             conn, provider=provider, email=email, now=services.clock.now(),
             refresh_token_enc=services.secrets.encrypt(refresh_token), **fields)
-    services.worker.wake()
+    services.wake()
     return account_id
 
 
@@ -198,7 +199,7 @@ async def _reconnected(services: Services, account_id: int, provider: ProviderKi
         await account_store.update_fields(conn, account_id, state=AccountState.OK.value,
                                           last_error=None, last_error_kind=None, **fields)
     services.connectors.forget_tokens(account_id)
-    services.worker.wake()
+    services.wake()
     # Realtime resumes at once: a registration that failed for want of a valid token is retried
     # now rather than at the next renewal run (which would also retry it).
     async with services.db.read() as conn:
@@ -230,20 +231,36 @@ async def request_sync(services: Services, account_id: int, reason: str = "manua
     async with services.db.transaction() as conn:
         await account_store.request_sync(conn, account_id, reason=reason,
                                          now=services.clock.now())
-    services.worker.wake()
+    services.wake()
+
+
+# How often ``sync_now`` looks again while another worker holds the mailbox.
+_CLAIM_RETRY = 0.25
 
 
 async def sync_now(services: Services, account_id: int) -> SyncResult:
-    """Sync one mailbox now, in this process (refused while another worker holds it)."""
+    """Sync one mailbox now, in this process.
+
+    If another worker is syncing it (a server beside the CLI, which a connect or a push just
+    woke), wait for that run to end and then sync: the request stamped first makes sure that
+    worker's run is followed by one, ours or its own. Refused only if the mailbox stays held
+    for a whole lease (``MAILDESK_LEASE_SECONDS``)."""
     lease = timedelta(seconds=services.settings.lease_seconds)
     async with services.db.transaction() as conn:
         await account_store.request_sync(conn, account_id, reason="manual",
                                          now=services.clock.now())
-        claim = await account_store.claim_one(conn, account_id, owner=services.runner.owner,
-                                              now=services.clock.now(), lease=lease)
-    if claim is None:
-        raise InputError(f"account {account_id} is being synced by another worker right now")
-    return await services.runner.run(claim)
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + services.settings.lease_seconds
+    while True:
+        async with services.db.transaction() as conn:
+            claim = await account_store.claim_one(conn, account_id, owner=services.runner.owner,
+                                                  now=services.clock.now(), lease=lease)
+        if claim is not None:
+            return await services.runner.run(claim)
+        if loop.time() >= give_up:
+            raise InputError(f"account {account_id} is being synced by another worker; it "
+                             "was still busy after the lease time, try again later")
+        await asyncio.sleep(_CLAIM_RETRY)
 
 
 async def remove(services: Services, account_id: int) -> None:

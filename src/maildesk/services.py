@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,6 +21,8 @@ from maildesk.clock import Clock, SystemClock
 from maildesk.config import Settings
 from maildesk.errors import StoreError
 from maildesk.live.bus import LiveBus
+from maildesk.live.pg_relay import PgRelay
+from maildesk.live.relay import WAKE_PUSH, WAKE_SYNC, Inbox, LocalRelay, Relay
 from maildesk.providers.google_certs import GoogleCerts
 from maildesk.providers.http import default_client
 from maildesk.push.gmail_webhook import GmailWebhook
@@ -60,6 +63,10 @@ class Services:
     outlook_webhook: OutlookWebhook
     # IMAP IDLE watchers; they run inside ``worker.serve`` (a worker companion).
     idle: IdleSupervisor
+    # Carries the bus and wake-ups to the other processes on the database (PostgreSQL).
+    relay: Relay
+    # After stamping a sync request: wakes this process's worker and every other process's.
+    wake: Callable[[], None]
 
 
 @contextlib.asynccontextmanager
@@ -88,7 +95,10 @@ async def open_services(
         if http_client is None:
             http_client = await stack.enter_async_context(default_client())
         secrets = SecretBox(settings.secret_keys)
-        bus = LiveBus()
+        # A SQLite file belongs to one process; on PostgreSQL other processes may share it.
+        relay: Relay = (LocalRelay() if db.is_sqlite
+                        else PgRelay(_relay_connect_options(db), where=db.where))
+        bus = LiveBus(relay)
         connectors = Connectors(
             settings, db=db, clock=clock, secrets=secrets, http_client=http_client, rng=rng
         )
@@ -104,22 +114,33 @@ async def open_services(
             return f"pruned {removed} job runs, {events} push events"
 
         worker = Worker(db=db, clock=clock, settings=settings, runner=runner)
-        idle = IdleSupervisor(db=db, clock=clock, settings=settings, sessions=connectors.imap,
-                              wake=worker.wake, owner=runner.owner, rng=rng)
-        worker.companions.append(idle.serve)
-        certs = GoogleCerts(connectors.http, settings.google_certs_url, clock)
-        recorder = NotificationRecorder(db, clock, worker.wake)
-        gmail_webhook = GmailWebhook(db=db, clock=clock, keys=certs, recorder=recorder)
-        # Graph lifecycle events are acted on by the worker, not inside the webhook request:
+        # Graph lifecycle events are acted on by a worker, not inside the webhook request:
         # the webhook marks the subscription and makes this job due at once.
         lifecycle_job = PeriodicJob("push-lifecycle", LIFECYCLE_SWEEP, lambda: push.run_lifecycle())
+
+        def wake() -> None:
+            worker.wake()
+            relay.wake(WAKE_SYNC)
 
         def wake_push() -> None:
             lifecycle_job.next_at = None
             worker.wake()
+            relay.wake(WAKE_PUSH)
 
+        def woken(topics: frozenset[str]) -> None:
+            """Another process asked (harmless where no worker runs: `maildesk web`)."""
+            if WAKE_PUSH in topics:
+                lifecycle_job.next_at = None
+            worker.wake()
+
+        idle = IdleSupervisor(db=db, clock=clock, settings=settings, sessions=connectors.imap,
+                              wake=wake, owner=runner.owner, rng=rng)
+        worker.companions.append(idle.serve)
+        certs = GoogleCerts(connectors.http, settings.google_certs_url, clock)
+        recorder = NotificationRecorder(db, clock, wake)
+        gmail_webhook = GmailWebhook(db=db, clock=clock, keys=certs, recorder=recorder)
         outlook_webhook = OutlookWebhook(db=db, clock=clock, secrets=secrets, recorder=recorder,
-                                         wake=worker.wake, wake_push=wake_push)
+                                         wake=wake, wake_push=wake_push)
         outlook_push = OutlookPush(
             graph_for=lambda a: connectors.graph(a.id, a.tenant),
             secrets=secrets, settings=settings, clock=clock,
@@ -131,7 +152,7 @@ async def open_services(
 
         push = PushManager(
             db=db, clock=clock, settings=settings,
-            adapters=[GmailPush(connectors.gmail), outlook_push], wake=worker.wake,
+            adapters=[GmailPush(connectors.gmail), outlook_push], wake=wake,
             on_config_change=config_changed, secrets=secrets,
         )
         worker.periodic += [
@@ -141,8 +162,21 @@ async def open_services(
         ]
         # Sending: retries with backoff, attempts a crash interrupted, owed IMAP Sent copies.
         delivery = Delivery(db=db, clock=clock, settings=settings, bus=bus,
-                            connectors=connectors, wake=worker.wake, rng=rng)
+                            connectors=connectors, wake=wake, rng=rng)
         worker.periodic.append(
             PeriodicJob("outbox", outbox_job.INTERVAL, lambda: outbox_job.run(delivery)))
+        await stack.enter_async_context(
+            relay.running(Inbox(events=bus.deliver, reload=bus.reload, wake=woken)))
         yield Services(settings, db, clock, bus, secrets, connectors, runner, worker, push,
-                       gmail_webhook, outlook_webhook, idle=idle)
+                       gmail_webhook, outlook_webhook, idle=idle, relay=relay, wake=wake)
+
+
+def _relay_connect_options(db: Database) -> dict[str, Any]:
+    """asyncpg.connect's arguments for ``db``'s URL, derived as SQLAlchemy derives them for
+    its own connections (host, port, user, password, database, ssl). Never logged."""
+    _args, options = db.engine.dialect.create_connect_args(db.engine.url)
+    # Options of SQLAlchemy's asyncpg adapter that asyncpg.connect does not take.
+    for name in ("prepared_statement_cache_size", "prepared_statement_name_func",
+                 "async_creator_fn"):
+        options.pop(name, None)
+    return dict(options)

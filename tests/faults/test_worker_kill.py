@@ -12,7 +12,6 @@ as inside the incremental sync.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 from pathlib import Path
@@ -29,6 +28,7 @@ from maildesk.sim.google import create_google_app
 from maildesk.sim.server import serve_app
 from maildesk.store.database import Database
 from maildesk.store.tables import folders, message_folders, messages
+from tests.support.process_env import google_sim_env
 from tests.test_cli import maildesk_script
 
 EMAIL = "kill@example.com"
@@ -40,27 +40,13 @@ CONVERGE_WITHIN = 60.0
 
 
 def _worker_env(sim: str, db_url: str, data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILDESK_")}
-    env.update({
-        "MAILDESK_DATA_DIR": str(data_dir),
-        "MAILDESK_DATABASE_URL": db_url,
-        "MAILDESK_SECRET_KEY": "kill-test-secret-key",
-        "MAILDESK_GOOGLE_CLIENT_ID": CLIENT_ID,
-        "MAILDESK_GOOGLE_CLIENT_SECRET": CLIENT_SECRET,
-        "MAILDESK_GOOGLE_TOKEN_URL": f"{sim}/token",
-        "MAILDESK_GOOGLE_REVOKE_URL": f"{sim}/revoke",
-        "MAILDESK_GOOGLE_AUTHORIZE_URL": f"{sim}/o/oauth2/v2/auth",
-        "MAILDESK_GMAIL_API_URL": sim,
-        "MAILDESK_GOOGLE_CERTS_URL": f"{sim}/oauth2/v1/certs",
-        "MAILDESK_LEASE_SECONDS": "1",
-        "MAILDESK_WORKER_TICK": "0.05",
-        "MAILDESK_POLL_INTERVAL": "0.3",
-        "MAILDESK_BACKFILL_PAGES_PER_RUN": "1",
-        "MAILDESK_PREFETCH_BODIES": "3",
-        "MAILDESK_IMAP_IDLE": "false",
-        "MAILDESK_LOG_LEVEL": "INFO",
-    })
-    return env
+    return google_sim_env(
+        sim, db_url=db_url, data_dir=data_dir, client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET, secret_key="kill-test-secret-key",
+        MAILDESK_LEASE_SECONDS="1", MAILDESK_WORKER_TICK="0.05",
+        MAILDESK_POLL_INTERVAL="0.3", MAILDESK_BACKFILL_PAGES_PER_RUN="1",
+        MAILDESK_PREFETCH_BODIES="3", MAILDESK_IMAP_IDLE="false", MAILDESK_LOG_LEVEL="INFO",
+    )
 
 
 async def _start_worker(env: dict[str, str]) -> asyncio.subprocess.Process:

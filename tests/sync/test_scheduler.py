@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from maildesk import mailboxes
-from maildesk.errors import LeaseLost
+from maildesk.clock import ManualClock
+from maildesk.errors import InputError, LeaseLost
 from maildesk.store import accounts as account_store
 from maildesk.store import jobs
 from maildesk.store.tables import messages
@@ -167,3 +169,41 @@ async def test_a_slow_periodic_job_does_not_hold_up_syncs(harness: Harness) -> N
         runs = {r.job: r for r in await jobs.latest(conn)}
     assert runs["slow"].status == "ok", "a stopping worker lets a running job finish"
     assert runs["slow"].detail == "took its time"
+
+
+async def test_sync_now_waits_for_another_workers_run_then_syncs(harness: Harness) -> None:
+    """`maildesk account sync` beside a server whose worker holds the mailbox: it waits for
+    that run to end instead of refusing, then runs its own."""
+    h = harness
+    account_id = await h.add_gmail(EMAIL, seed=3)
+    await h.sync_until_idle()
+    lease = timedelta(seconds=60)
+    async with h.services.db.transaction() as conn:
+        busy = await account_store.claim_one(conn, account_id, owner="server-worker",
+                                             now=h.clock.now(), lease=lease)
+    assert busy is not None
+    syncing = asyncio.create_task(mailboxes.sync_now(h.services, account_id))
+    await asyncio.sleep(0.6)
+    assert not syncing.done(), "the mailbox is held: sync_now waits"
+    async with h.services.db.transaction() as conn:
+        await account_store.release(conn, busy, owner="server-worker", now=h.clock.now(),
+                                    values={}, clear_request=False)
+    result = await asyncio.wait_for(syncing, 10)
+    assert result.status == "ok"
+    assert result.account_id == account_id
+
+
+async def test_sync_now_gives_up_after_a_lease_time(
+    db_url: str, clock: ManualClock, tmp_path: Path,
+) -> None:
+    async with Harness.open(db_url=db_url, clock=clock, data_dir=tmp_path,
+                            lease_seconds=0.5) as h:
+        account_id = await h.add_gmail(EMAIL, seed=3)
+        await h.sync_until_idle()
+        async with h.services.db.transaction() as conn:
+            # The clock never moves, so this lease never expires.
+            held = await account_store.claim_one(conn, account_id, owner="stuck-worker",
+                                                 now=h.clock.now(), lease=timedelta(hours=1))
+        assert held is not None
+        with pytest.raises(InputError, match="still busy"):
+            await asyncio.wait_for(mailboxes.sync_now(h.services, account_id), 10)

@@ -1,9 +1,14 @@
-"""The in-process live bus: committed mail changes fan out to subscribers (websockets, the
-demo's arrival log, the realtime test timeline).
+"""The live bus: committed mail changes fan out to subscribers (websockets, the demo's arrival
+log, the realtime test timeline).
 
 Events are published only after the transaction that made them committed. A subscriber that
 falls behind loses nothing silently: its queue is bounded, and on overflow it receives one
 ``overflowed`` marker so it can reload from the store (the store, not the bus, is the truth).
+
+With several processes on one PostgreSQL database the bus carries a relay (``live/relay.py``):
+``publish`` fans out locally and hands the events to the relay for the other processes;
+what the relay receives from them comes back through ``deliver`` (local fan-out only, never
+sent on) and ``reload`` (the overflow marker, when events may have been missed).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from maildesk.domain.events import MailEvent
+from maildesk.live.relay import LocalRelay, Relay
 
 
 @dataclass(slots=True, eq=False)
@@ -31,10 +37,19 @@ class Subscription:
 
 
 class LiveBus:
-    def __init__(self) -> None:
+    def __init__(self, relay: Relay | None = None) -> None:
         self._subs: set[Subscription] = set()
+        self.relay: Relay = relay or LocalRelay()
 
     def publish(self, events: Sequence[MailEvent]) -> None:
+        """Committed events: to this process's subscribers and, through the relay, to the
+        other processes'."""
+        self.deliver(events)
+        if events:
+            self.relay.publish(events)
+
+    def deliver(self, events: Sequence[MailEvent]) -> None:
+        """Fan ``events`` out to this process's subscribers only (what the relay received)."""
         for sub in list(self._subs):
             for event in events:
                 if sub.account_ids is not None and event.account_id not in sub.account_ids:
@@ -44,9 +59,15 @@ class LiveBus:
                 try:
                     sub.queue.put_nowait(event)
                 except asyncio.QueueFull:
-                    sub.overflowed = True
-                    _drain(sub.queue)
-                    sub.queue.put_nowait(None)
+                    _overflow(sub)
+
+    def reload(self, account_ids: frozenset[int] | None = None) -> None:
+        """Tell the subscribers of ``account_ids`` (None: every subscriber) to reload from the
+        store: events for them may have been lost on the way."""
+        for sub in list(self._subs):
+            if (account_ids is None or sub.account_ids is None
+                    or not sub.account_ids.isdisjoint(account_ids)):
+                _overflow(sub)
 
     @contextlib.contextmanager
     def subscribe(
@@ -64,7 +85,11 @@ class LiveBus:
         return len(self._subs)
 
 
-def _drain(queue: asyncio.Queue[MailEvent | None]) -> None:
-    while not queue.empty():
-        queue.get_nowait()
-
+def _overflow(sub: Subscription) -> None:
+    """Replace whatever ``sub`` has queued with the one reload marker (once)."""
+    if sub.overflowed:
+        return
+    sub.overflowed = True
+    while not sub.queue.empty():
+        sub.queue.get_nowait()
+    sub.queue.put_nowait(None)

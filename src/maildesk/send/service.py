@@ -77,7 +77,7 @@ class OutboxItem:
 
 def delivery(services: Services) -> Delivery:
     return Delivery(db=services.db, clock=services.clock, settings=services.settings,
-                    bus=services.bus, connectors=services.connectors, wake=services.worker.wake)
+                    bus=services.bus, connectors=services.connectors, wake=services.wake)
 
 
 def _outcome(row: OutboxRow) -> SendOutcome:
