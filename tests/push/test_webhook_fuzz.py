@@ -19,7 +19,7 @@ from maildesk.domain.accounts import ProviderKind
 from maildesk.store import push as push_store
 from tests.push.test_gmail_webhook import AUDIENCE, EMAIL, SIGNER, StaticKeys, _configure
 from tests.push.webhook_fuzz import FuzzTarget, run_fuzz
-from tests.support.fake_graph_push import outlook_rig
+from tests.support.fake_graph_push import OutlookRig, outlook_rig
 from tests.support.harness import Harness
 
 EXAMPLES = 150
@@ -47,16 +47,23 @@ async def test_gmail_webhook_survives_fuzzing(harness: Harness, google_key: RSAP
     assert report.statuses.get(403, 0) > 0, report.statuses
 
 
+async def _outlook_target(rig: OutlookRig, email: str) -> tuple[int, str, FuzzTarget]:
+    """A connected Outlook mailbox with a live subscription: (account id, subscription id,
+    the fuzz target that knows its subscription and clientState)."""
+    account_id = await rig.add_outlook(email)
+    row = await rig.push.enable(account_id, ProviderKind.OUTLOOK, {})
+    assert row.sub.subscription_id is not None
+    client_state = await rig.push.client_state(account_id)
+    assert client_state is not None
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    target = FuzzTarget(key, "", "", "", rig.h.clock.now().timestamp(),
+                        subscription_id=row.sub.subscription_id, client_state=client_state)
+    return account_id, row.sub.subscription_id, target
+
+
 async def test_outlook_webhooks_survive_fuzzing(harness: Harness) -> None:
     async with outlook_rig(harness) as rig:
-        account_id = await rig.add_outlook("fuzz@contoso.example")
-        row = await rig.push.enable(account_id, ProviderKind.OUTLOOK, {})
-        assert row.sub.subscription_id is not None
-        client_state = await rig.push.client_state(account_id)
-        assert client_state is not None
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        target = FuzzTarget(key, "", "", "", harness.clock.now().timestamp(),
-                            subscription_id=row.sub.subscription_id, client_state=client_state)
+        account_id, subscription_id, target = await _outlook_target(rig, "fuzz@contoso.example")
         report = await run_fuzz(rig.client, target, examples=EXAMPLES, which="outlook")
         assert report.problems == [], f"replay with seed {report.seed}"
         assert report.cases >= EXAMPLES
@@ -65,7 +72,7 @@ async def test_outlook_webhooks_survive_fuzzing(harness: Harness) -> None:
         # Whatever was thrown at it, the subscription is still ours and intact.
         async with harness.services.db.read() as conn:
             rows = await push_store.for_account(conn, account_id)
-        assert [r.sub.subscription_id for r in rows] == [row.sub.subscription_id]
+        assert [r.sub.subscription_id for r in rows] == [subscription_id]
 
 
 
@@ -75,14 +82,7 @@ REPLAY_EXAMPLES = 40
 
 async def test_a_seed_replays_the_same_cases(harness: Harness) -> None:
     async with outlook_rig(harness) as rig:
-        account_id = await rig.add_outlook("replay@contoso.example")
-        row = await rig.push.enable(account_id, ProviderKind.OUTLOOK, {})
-        assert row.sub.subscription_id is not None
-        client_state = await rig.push.client_state(account_id)
-        assert client_state is not None
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        target = FuzzTarget(key, "", "", "", harness.clock.now().timestamp(),
-                            subscription_id=row.sub.subscription_id, client_state=client_state)
+        _, _, target = await _outlook_target(rig, "replay@contoso.example")
         seed = secrets.randbelow(2**32)
         runs = [await run_fuzz(rig.client, target, examples=REPLAY_EXAMPLES, which="outlook",
                                seed=s) for s in (seed, seed, seed + 1)]

@@ -180,12 +180,11 @@ class Worker:
             return await self.runner.run(claim)
         except asyncio.CancelledError:
             # Shutting down: hand the mailbox back at once instead of waiting for the lease.
+            now = self.clock.now()
             with contextlib.suppress(Exception):
-                async with self.db.transaction() as conn:
-                    await account_store.release(
-                        conn, claim, owner=self.owner, now=self.clock.now(), values={},
-                        clear_request=False,
-                    )
+                # ``run_write`` finishes its transaction even if cancelled again meanwhile.
+                await self.db.run_write(lambda conn: account_store.release_blocking(
+                    conn, claim, owner=self.owner, now=now, values={}, clear_request=False))
             raise
 
 
