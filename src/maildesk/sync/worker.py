@@ -45,6 +45,10 @@ class PeriodicJob:
 Companion = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
+# How long a stopping worker waits for its running syncs to finish before cancelling them.
+SHUTDOWN_GRACE = 5.0
+
+
 def new_owner_id() -> str:
     return f"worker-{secrets.token_hex(6)}"
 
@@ -160,6 +164,12 @@ class Worker:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._wait_seconds()):
                             await self._wake.wait()
+                # Let running syncs end by themselves for a moment: one cancelled inside a
+                # transaction on SQLite can leave the write lock with a connection that only
+                # the garbage collector closes, stalling the writes that follow.
+                running = [t for t in self._running.values() if not t.done()]
+                if running:
+                    await asyncio.wait(running, timeout=SHUTDOWN_GRACE)
                 for task in self._running.values():
                     task.cancel()
         finally:
