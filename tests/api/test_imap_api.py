@@ -3,8 +3,7 @@ adding, add (verified), test a stored mailbox, enter a new password; who may do 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -13,29 +12,23 @@ from sqlalchemy import insert
 
 from maildesk.api import tokens
 from maildesk.app import create_app
-from maildesk.clock import ManualClock
 from maildesk.domain.accounts import ProviderKind
 from maildesk.passwords import hash_password
 from maildesk.store import accounts as account_store
 from maildesk.store import users as user_store
 from maildesk.store.tables import account_users
 from tests.imap import conftest as imap_fixtures
+from tests.support import imap_rig
 from tests.support.dovecot import DovecotServer
 from tests.support.harness import Harness
-from tests.support.smtp_peer import PeerTls, SmtpPeer
+from tests.support.smtp_peer import SmtpPeer
 
 WRONG = "wrong-password-0815"
 # Dovecot (its session fixture lives with the IMAP tests; named here so pytest finds it).
 dovecot_full = imap_fixtures.dovecot_full
 
 
-@pytest.fixture
-async def h(db_url: str, clock: ManualClock, tmp_path: Path,
-            dovecot_full: DovecotServer) -> AsyncIterator[Harness]:
-    async with Harness.open(db_url=db_url, clock=clock, data_dir=tmp_path,
-                            tls_ca_file=str(dovecot_full.cert_path), imap_timeout=10.0,
-                            imap_connect_timeout=10.0) as harness:
-        yield harness
+h = imap_rig.dovecot_harness
 
 
 @pytest.fixture
@@ -45,15 +38,10 @@ async def api(h: Harness) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.fixture
-def user(dovecot_full: DovecotServer) -> str:
-    return dovecot_full.new_user()
+user = imap_rig.dovecot_login
 
 
-@pytest.fixture
-def peer(dovecot_full: DovecotServer, user: str) -> Iterator[SmtpPeer]:
-    with SmtpPeer(tls=PeerTls.NONE, users={user: dovecot_full.password}) as running:
-        yield running
+peer = imap_rig.plain_smtp_peer
 
 
 async def token_of(h: Harness, email: str, *, admin: bool, shared: tuple[int, ...] = ()) -> str:

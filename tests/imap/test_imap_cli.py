@@ -9,7 +9,6 @@ import io
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,9 +16,10 @@ from maildesk.secretbox import SecretBox
 from maildesk.store import accounts as account_store
 from maildesk.store.database import Database
 from tests import test_cli as cli_tests
+from tests.support import imap_rig
 from tests.support.dovecot import DovecotServer
 from tests.support.ports import free_port
-from tests.support.smtp_peer import PeerTls, SmtpPeer
+from tests.support.smtp_peer import SmtpPeer
 from tests.test_cli import Cli, assert_error, assert_ok, maildesk_script
 
 # The fixtures of tests/test_cli.py under their names here (pytest finds them as attributes).
@@ -42,15 +42,10 @@ def imap_env(db_env: dict[str, str], dovecot_full: DovecotServer,
     return env
 
 
-@pytest.fixture
-def user(dovecot_full: DovecotServer) -> str:
-    return dovecot_full.new_user()
+user = imap_rig.dovecot_login
 
 
-@pytest.fixture
-def peer(dovecot_full: DovecotServer, user: str) -> Iterator[SmtpPeer]:
-    with SmtpPeer(tls=PeerTls.NONE, users={user: dovecot_full.password}) as running:
-        yield running
+peer = imap_rig.plain_smtp_peer
 
 
 def stdin(monkeypatch: pytest.MonkeyPatch, text: str) -> None:

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from maildesk.clock import ManualClock
 from maildesk.domain.accounts import AccountState, ProviderKind
 from maildesk.store import accounts as account_store
 from tests.imap import conftest as imap_fixtures
+from tests.support import imap_rig
 from tests.support.dovecot import DovecotServer
 from tests.support.harness import Harness
-from tests.support.smtp_peer import PeerTls, SmtpPeer
+from tests.support.smtp_peer import SmtpPeer
 from tests.web.support import ADMIN, AGENT, Site, csrf_of, post_form
 
 WRONG = "wrong-password-0815"
@@ -28,13 +26,7 @@ FORM = "/admin/mailboxes/imap"
 dovecot_full = imap_fixtures.dovecot_full
 
 
-@pytest.fixture
-async def h(db_url: str, clock: ManualClock, tmp_path: Path,
-            dovecot_full: DovecotServer) -> AsyncIterator[Harness]:
-    async with Harness.open(db_url=db_url, clock=clock, data_dir=tmp_path,
-                            tls_ca_file=str(dovecot_full.cert_path), imap_timeout=10.0,
-                            imap_connect_timeout=10.0) as harness:
-        yield harness
+h = imap_rig.dovecot_harness
 
 
 @pytest.fixture
@@ -44,15 +36,10 @@ async def site(h: Harness) -> Site:
     return site
 
 
-@pytest.fixture
-def user(dovecot_full: DovecotServer) -> str:
-    return dovecot_full.new_user()
+user = imap_rig.dovecot_login
 
 
-@pytest.fixture
-def peer(dovecot_full: DovecotServer, user: str) -> Iterator[SmtpPeer]:
-    with SmtpPeer(tls=PeerTls.NONE, users={user: dovecot_full.password}) as running:
-        yield running
+peer = imap_rig.plain_smtp_peer
 
 
 def form_data(dovecot: DovecotServer, user: str, peer: SmtpPeer | None = None, *,

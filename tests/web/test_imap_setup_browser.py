@@ -3,15 +3,11 @@ stays in its field, and the mailbox is added and tested again from its account p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 from playwright.async_api import Browser, expect
 
-from maildesk.clock import ManualClock
 from maildesk.sim.server import serve_app
 from tests.imap import conftest as imap_fixtures
+from tests.support import imap_rig
 from tests.support.dovecot import DovecotServer
 from tests.support.harness import Harness
 from tests.support.smtp_peer import PeerTls, SmtpPeer
@@ -21,13 +17,7 @@ from tests.web.support import ADMIN, Site
 dovecot_full = imap_fixtures.dovecot_full
 
 
-@pytest.fixture
-async def h(db_url: str, clock: ManualClock, tmp_path: Path,
-            dovecot_full: DovecotServer) -> AsyncIterator[Harness]:
-    async with Harness.open(db_url=db_url, clock=clock, data_dir=tmp_path,
-                            tls_ca_file=str(dovecot_full.cert_path), imap_timeout=10.0,
-                            imap_connect_timeout=10.0) as harness:
-        yield harness
+h = imap_rig.dovecot_harness
 
 
 async def test_add_imap_mailbox_in_the_browser(
