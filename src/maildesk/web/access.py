@@ -14,8 +14,10 @@ from starlette.requests import HTTPConnection, Request
 from maildesk.errors import NotFound
 from maildesk.store import accounts as account_store
 from maildesk.store import users as user_store
+from maildesk.store import views as view_store
 from maildesk.store.accounts import AccountRow
 from maildesk.store.database import Database
+from maildesk.store.views import MailboxView
 from maildesk.web.auth import Sessions
 
 
@@ -61,3 +63,15 @@ async def visible_account(
             return await account_store.get(conn, account_id)
     except NotFound:
         return None
+
+
+async def visible_mailbox(
+    access: AccessPolicy, db: Database, request: Request
+) -> MailboxView | None:
+    """The mailbox view named by the ``account_id`` path parameter, or None when there is no
+    such mailbox or the caller may not see it (both are answered alike)."""
+    account_id = int(request.path_params["account_id"])
+    if not may_see(await access.visible_accounts(request), account_id):
+        return None
+    async with db.read() as conn:
+        return await view_store.get_mailbox(conn, account_id)

@@ -28,7 +28,7 @@ from maildesk.services import Services
 from maildesk.store import views as view_store
 from maildesk.store.views import MailboxView
 from maildesk.web import render
-from maildesk.web.access import AccessPolicy, may_see
+from maildesk.web.access import AccessPolicy, visible_mailbox
 from maildesk.web.auth import cached_user, flash
 from maildesk.web.folders import sidebar
 
@@ -90,11 +90,7 @@ class ComposePages:
         self.access = access
 
     async def _mailbox(self, request: Request) -> MailboxView | None:
-        account_id = int(request.path_params["account_id"])
-        if not may_see(await self.access.visible_accounts(request), account_id):
-            return None
-        async with self.services.db.read() as conn:
-            return await view_store.get_mailbox(conn, account_id)
+        return await visible_mailbox(self.access, self.services.db, request)
 
     async def _page(self, request: Request, mailbox: MailboxView, fields: dict[str, str],
                     mode: ComposeMode, source: int | None, *, error: str | None = None,

@@ -19,7 +19,7 @@ from maildesk.store import bodies
 from maildesk.store import views as view_store
 from maildesk.store.views import FolderView, MailboxView
 from maildesk.web import render
-from maildesk.web.access import AccessPolicy, may_see
+from maildesk.web.access import AccessPolicy, visible_mailbox
 from maildesk.web.folders import default_folder, folder_label, sidebar
 
 PAGE_SIZE = 50
@@ -53,11 +53,7 @@ class InboxPages:
         self.page_size = page_size
 
     async def _mailbox(self, request: Request) -> MailboxView | None:
-        account_id = int(request.path_params["account_id"])
-        if not may_see(await self.access.visible_accounts(request), account_id):
-            return None
-        async with self.services.db.read() as conn:
-            return await view_store.get_mailbox(conn, account_id)
+        return await visible_mailbox(self.access, self.services.db, request)
 
     async def index(self, request: Request) -> Response:
         visible = await self.access.visible_accounts(request)
