@@ -35,7 +35,7 @@ from maildesk.providers.imap_wire import (
     parse_response,
     render_command,
 )
-from maildesk.providers.resolve import resolve
+from maildesk.providers.resolve import Deadline, resolve
 
 __all__ = [
     "CommandResult",
@@ -141,11 +141,7 @@ class ImapConnection:
             if on_stage is not None:
                 on_stage(value)
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + server.connect_timeout
-
-        def remaining() -> float:
-            return max(0.01, deadline - loop.time())
+        remaining = Deadline(server.connect_timeout).remaining
 
         where = f"{server.host}:{server.port}"
         stage(Stage.DNS)

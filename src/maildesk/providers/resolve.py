@@ -1,4 +1,5 @@
-"""Name resolution with a deadline and stage-worded errors, shared by the IMAP and SMTP clients."""
+"""Connection set-up shared by the IMAP and SMTP clients: one deadline for all its stages, and
+name resolution with stage-worded errors."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ import socket
 from maildesk.errors import ProviderUnavailable
 
 Address = tuple[socket.AddressFamily, tuple[object, ...]]
+
+
+class Deadline:
+    """One budget of seconds for a whole set-up (resolve, connect, TLS, greeting, sign-in)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._at = self._loop.time() + seconds
+
+    def remaining(self) -> float:
+        """Seconds left (a sliver at least, so a late stage fails by its own timeout)."""
+        return max(0.01, self._at - self._loop.time())
 
 
 async def resolve(host: str, port: int, limit: float) -> list[Address]:

@@ -49,7 +49,7 @@ from maildesk.errors import (
 from maildesk.providers.imap import OAuth2Login, PasswordLogin
 from maildesk.providers.imap_check import ServerCheck
 from maildesk.providers.imap_connection import Stage
-from maildesk.providers.resolve import resolve
+from maildesk.providers.resolve import Deadline, resolve
 
 __all__ = [
     "SmtpCredentials",
@@ -217,11 +217,7 @@ async def _open(
         if on_stage is not None:
             on_stage(value)
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + server.connect_timeout
-
-    def remaining() -> float:
-        return max(0.01, deadline - loop.time())
+    remaining = Deadline(server.connect_timeout).remaining
 
     stage(Stage.DNS)
     addresses = await resolve(server.host, server.port, remaining())
